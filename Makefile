@@ -1,0 +1,24 @@
+# `make repro` and `make test` each build .venv on first use, then do their job.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# Stage commands call `python`: put the venv first so they run inside it.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: repro test bench lint clean-venv
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+repro: $(INSTALLED)
+	$(BIN)/dvc repro
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

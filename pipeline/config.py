@@ -1,0 +1,147 @@
+"""The one typed, validated configuration object, built from ``params.yaml``.
+
+Every key is required and has its single home in ``params.yaml``: the models below
+declare types and ranges only, never defaults, so a value cannot drift between the
+file and the code. Unknown keys, wrong types and out-of-range values are reported
+together, each by its dotted key, before any stage does work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML, YAMLError
+
+from .errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(min_length=1)
+    manifest: str | None
+    image_size: int = Field(ge=32, le=4096)
+
+    @field_validator("image_size")
+    @classmethod
+    def _divisible_by_32(cls, value: int) -> int:
+        # U-Net encoders downsample five times; other sizes fail deep inside the decoder.
+        if value % 32:
+            raise ValueError(f"must be a multiple of 32 (got {value})")
+        return value
+
+
+class SplitConfig(_Section):
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    seed: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must stay below 0.9 to leave training data")
+        return self
+
+
+class ModelConfig(_Section):
+    arch: str = Field(min_length=1)
+    encoder: str = Field(min_length=1)
+    encoder_weights: str | None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        import segmentation_models_pytorch as smp
+
+        if value.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+            known = ", ".join(sorted(model.__name__ for model in smp.MODEL_ARCHITECTURES_MAPPING.values()))
+            raise ValueError(f"unknown architecture {value!r}; smp has: {known}")
+        return value
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        import segmentation_models_pytorch as smp
+        import timm
+
+        if value.startswith("tu-"):
+            if not timm.is_model(value[3:].split(".")[0]):
+                raise ValueError(f"timm has no model {value[3:]!r} (from encoder {value!r})")
+        elif value not in smp.encoders.get_encoder_names():
+            raise ValueError(
+                f"unknown encoder {value!r}; use an smp encoder name (e.g. 'resnet34', "
+                "'efficientnet-b0') or a timm model prefixed with 'tu-' (e.g. 'tu-efficientnet_b0')"
+            )
+        return value
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0, le=10)
+    seed: int = Field(ge=0)
+    num_workers: int = Field(ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"]
+    resume: bool
+
+
+class EvaluateConfig(_Section):
+    threshold: float = Field(gt=0, lt=1)
+
+
+class MlflowConfig(_Section):
+    experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
+
+
+class Config(_Section):
+    data: DataConfig
+    split: SplitConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+
+    def flat(self) -> dict[str, Any]:
+        """Every parameter as ``section.key: value``, the form MLflow logs and DVC shows."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if error["type"] == "missing":
+        return f"{key}: missing (every key is required; see the README for its meaning)"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_config(raw: Any, origin: str = "params") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n".join(f"  - {_describe(error)}" for error in exc.errors())
+        raise ConfigError(f"{origin} is invalid:\n{lines}") from None
+
+
+def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
+    path = Path(path)
+    try:
+        # YAML 1.2, as DVC writes it: `dvc exp run -S train.lr=1e-3` must load as a float.
+        raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, origin=str(path))

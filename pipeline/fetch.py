@@ -1,0 +1,139 @@
+"""Fetch a dataset from a URL, archive or folder into ``data/raw/`` and verify its content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import archive
+from .errors import FetchError
+from .download import DownloadError, download
+from .io import atomic_dir, read_json, write_json
+
+# Files that operating systems drop into folders and archives; never part of a dataset.
+JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
+
+OFFLINE_HINT = (
+    "To use a local copy instead, point data.source at a .zip, .tar.gz or folder, e.g.\n"
+    "  dvc exp run -S data.source=../shared/datasets/human-segmentation-dataset-master.zip\n"
+    "or edit data.source in params.yaml."
+)
+
+
+def is_url(source: str) -> bool:
+    return urlparse(source).scheme in {"http", "https"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(root: str | Path) -> dict[str, str]:
+    """Per-file SHA-256 of every file under ``root``, keyed by POSIX relative path.
+
+    Digests of the files, not of the archive, so a re-packed archive of the same files
+    (GitHub regenerates its archives) still verifies.
+    """
+    root = Path(root)
+    return {
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def verify_manifest(root: Path, manifest_path: Path) -> None:
+    try:
+        expected: dict[str, str] = read_json(manifest_path)["files"]
+    except FileNotFoundError:
+        raise FetchError(f"data.manifest: {manifest_path} does not exist") from None
+    except (ValueError, KeyError, TypeError):
+        raise FetchError(f"data.manifest: {manifest_path} is not a manifest (expected JSON with a 'files' mapping)") from None
+    actual = build_manifest(root)
+    missing = sorted(expected.keys() - actual.keys())
+    unexpected = sorted(actual.keys() - expected.keys())
+    changed = sorted(name for name in expected.keys() & actual.keys() if expected[name] != actual[name])
+    problems = [
+        f"{label} ({len(names)}): {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("content differs", changed))
+        if names
+    ]
+    if problems:
+        raise FetchError(
+            f"fetched data does not match the manifest {manifest_path}:\n  " + "\n  ".join(problems)
+            + "\nIf this is a different dataset on purpose, set data.manifest: null "
+            "(or write a manifest with `python -m pipeline manifest DIR --out FILE`)."
+        )
+
+
+def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: Path) -> Path:
+    """Materialise ``source`` as ``dest`` (replaced atomically), verified against ``manifest``."""
+    with atomic_dir(dest) as staging:
+        unpacked = staging / ".unpack"
+        root = _unpack(source, unpacked, cache_dir)
+        for child in root.iterdir():
+            os.replace(child, staging / child.name)
+        shutil.rmtree(unpacked)
+        if manifest is not None:
+            try:
+                verify_manifest(staging, manifest)
+            except FetchError:
+                if is_url(source):
+                    # A corrupt cached download must not be reused by the next attempt.
+                    _cached_download(source, cache_dir).unlink(missing_ok=True)
+                raise
+    return dest
+
+
+def _cached_download(url: str, cache_dir: Path) -> Path:
+    name = Path(urlparse(url).path).name or "download"
+    return cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+
+
+def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
+    if is_url(source):
+        cached = _cached_download(source, cache_dir)
+        if not cached.exists():
+            try:
+                download(source, cached)
+            except DownloadError as exc:
+                raise FetchError(f"could not download data.source: {exc}\n{OFFLINE_HINT}") from None
+        _extract(cached, workdir)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FetchError(f"data.source: {source} does not exist (resolved to {path.resolve()}).\n{OFFLINE_HINT}")
+        if path.is_dir():
+            shutil.copytree(path, workdir)
+        elif archive.is_archive(path):
+            _extract(path, workdir)
+        else:
+            raise FetchError(f"data.source: {source} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive")
+    _remove_junk(workdir)
+    entries = list(workdir.iterdir())
+    # Archives usually wrap the dataset in one top folder (GitHub: <repo>-<branch>/).
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else workdir
+
+
+def _extract(path: Path, workdir: Path) -> None:
+    try:
+        archive.extract(path, workdir)
+    except archive.UnsafeArchiveError as exc:
+        raise FetchError(str(exc)) from None
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        raise FetchError(f"{path}: cannot read archive ({exc})") from None
+
+
+def _remove_junk(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        if path.name in JUNK_NAMES and (path.exists() or path.is_symlink()):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()

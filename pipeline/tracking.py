@@ -1,0 +1,152 @@
+"""MLflow: where runs go, one run per training, per-epoch metrics, the registered model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
+
+from .config import Config
+from .errors import TrackingError
+from .io import read_json, write_json
+
+TRACKING_DB = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's embedded SQLite store (absolute path)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = (root or Path.cwd()).resolve()
+    return f"sqlite:///{root / TRACKING_DB}"
+
+
+def connect(experiment: str, root: Path | None = None) -> str:
+    """Point MLflow at the store and make sure ``experiment`` exists; returns its id."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        # With the embedded store, keep artifacts beside the database rather than under
+        # whatever directory the stage happens to run in.
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_DIR).as_uri()
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except Exception as exc:
+        raise TrackingError(f"MLflow tracking store {uri} is not usable: {type(exc).__name__}: {exc}") from None
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty.strip() else "")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What evaluate (and people) need to find the training run again; written to models/run.json."""
+
+    run_id: str
+    experiment_id: str
+    registered_model: str
+    model_version: str
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> RunInfo:
+        return cls(**read_json(path))
+
+
+class MlflowTracker:
+    def __init__(self, run_id: str, experiment_id: str):
+        self.run_id, self.experiment_id = run_id, experiment_id
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=int(row["epoch"]))
+
+    def register_model(self, model: torch.nn.Module, registered_model: str) -> str:
+        """Log ``model`` with MLflow's PyTorch flavour and register it; returns the new version.
+
+        Saved as a pickled module rather than MLflow's default ``pt2`` export: an exported
+        graph is traced at the example's batch and image size and refuses any other shape.
+        """
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), "logits")]),
+        )
+        info = mlflow.pytorch.log_model(
+            model.cpu().eval(),
+            name="model",
+            serialization_format="pickle",
+            signature=signature,
+            pip_requirements=_requirements(),
+            registered_model_name=registered_model,
+        )
+        return str(info.registered_model_version)
+
+
+def _requirements() -> list[str]:
+    # Stated rather than inferred: inference loads the model in a subprocess, which is slow.
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "segmentation-models-pytorch", "timm", "numpy")]
+
+
+@contextmanager
+def training_run(cfg: Config, *, run_id: str | None, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+    """Start (or continue) the training run; an interrupt marks it KILLED, an error FAILED."""
+    experiment_id = connect(cfg.mlflow.experiment)
+    if run_id is not None and not _run_exists(run_id):
+        print(f"MLflow run {run_id} from the resume checkpoint is not in this store; starting a new run")
+        run_id = None
+    run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id)
+    if run_id is None:
+        mlflow.log_params(cfg.flat())
+        mlflow.set_tags(tags)
+    try:
+        yield MlflowTracker(run.info.run_id, run.info.experiment_id)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        mlflow.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def log_to_run(run: RunInfo, metrics: dict[str, float], experiment: str, artifacts: list[Path] = ()) -> None:
+    """Add evaluation results to the training run (and tag the registered version with them)."""
+    connect(experiment)
+    with mlflow.start_run(run_id=run.run_id):
+        mlflow.log_metrics(metrics)
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.set_model_version_tag(run.registered_model, run.model_version, key, f"{value:.6g}")

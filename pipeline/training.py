@@ -1,0 +1,187 @@
+"""Training session: data loaders, model, optimiser, resume from ``last.pt``, best checkpoint.
+
+Kept free of MLflow and DVC: per-epoch results go to any object with ``log_epoch(row)``,
+so the loop can be tested and reused on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from .config import Config
+from .data import SegmentationDataset, eval_transform, load_split, read_split_info, train_transform
+from .engine import evaluate, resolve_device, train_one_epoch
+from .io import atomic_path
+from .metrics import DiceBCELoss
+from .model import ModelError, build_model, load_pretrained_encoder, read_checkpoint, save_checkpoint
+
+# Dice/IoU during training only monitor progress (model selection uses val loss); a fixed
+# threshold keeps evaluate.threshold out of training, so changing it reruns evaluate alone.
+MONITOR_THRESHOLD = 0.5
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds")
+RESUME_FORMAT = "unet-pipeline/resume-v1"
+# Keys that change how training runs but not what it computes; resuming across them is fine.
+RUNTIME_ONLY_KEYS = frozenset({"num_workers", "device", "resume"})
+
+
+class Tracker(Protocol):
+    def log_epoch(self, row: dict[str, float]) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that ``last.pt`` must restore to continue a run."""
+
+    fingerprint: str
+    epoch: int = 0
+    finished: bool = False
+    best_epoch: int = 0
+    best_val_loss: float = float("inf")
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None
+
+    @property
+    def best_row(self) -> dict[str, float]:
+        return next(row for row in self.history if row["epoch"] == self.best_epoch)
+
+
+def training_fingerprint(cfg: Config, data_hash: str) -> str:
+    """Identifies what a run computes, so ``last.pt`` is only resumed into the same run."""
+    train = {key: value for key, value in cfg.train.model_dump().items() if key not in RUNTIME_ONLY_KEYS}
+    relevant = {"data_hash": data_hash, "data": cfg.data.image_size, "model": cfg.model.model_dump(), "train": train}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Albumentations keeps its own RNG; give each worker a distinct, reproducible stream.
+    info = get_worker_info()
+    info.dataset.transform.set_random_seed(info.seed % 2**32)
+
+
+class TrainingSession:
+    def __init__(self, cfg: Config, *, split_dir: Path, pretrained_dir: Path, best_path: Path, last_path: Path):
+        self.cfg, self.best_path, self.last_path = cfg, best_path, last_path
+        self.device = resolve_device(cfg.train.device)
+        self.split_info = read_split_info(split_dir)
+        torch.manual_seed(cfg.train.seed)
+        cuda = self.device.type == "cuda"
+        self.train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
+        self.generator = torch.Generator()
+        loader_options = dict(
+            batch_size=cfg.train.batch_size,
+            num_workers=cfg.train.num_workers,
+            pin_memory=cuda,
+            # Re-forked workers each epoch keep augmentation reproducible across a resume;
+            # on CUDA throughput matters more.
+            persistent_workers=cuda and cfg.train.num_workers > 0,
+        )
+        self.train_loader = DataLoader(
+            self.train_data, shuffle=True, drop_last=len(self.train_data) > cfg.train.batch_size,
+            generator=self.generator, worker_init_fn=_seed_worker, **loader_options,
+        )
+        self.val_loader = DataLoader(
+            SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **loader_options
+        )
+        self.model = build_model(cfg.model)
+        load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.loss_fn = DiceBCELoss()
+        self.state = TrainState(training_fingerprint(cfg, self.split_info["data_hash"]))
+        self.resume_note = self._maybe_resume()
+
+    def _maybe_resume(self) -> str:
+        if not self.cfg.train.resume or not self.last_path.exists():
+            return "starting a new run"
+        try:
+            saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a torn or foreign file must not block a fresh start
+            return f"starting a new run ({self.last_path} is unreadable: {type(exc).__name__})"
+        if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+            return f"starting a new run ({self.last_path} is not a resume checkpoint)"
+        state = TrainState(**saved["state"])
+        if state.fingerprint != self.state.fingerprint:
+            return f"starting a new run ({self.last_path} belongs to other params or data)"
+        if state.finished:
+            return f"starting a new run ({self.last_path} records a finished run)"
+        try:
+            best_fingerprint = read_checkpoint(self.best_path).get("fingerprint")
+        except ModelError:
+            best_fingerprint = None
+        if best_fingerprint != state.fingerprint:
+            return f"starting a new run ({self.best_path} is missing or from another run)"
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.state = state
+        return f"resuming after epoch {state.epoch} of {self.cfg.train.epochs} (run {state.run_id})"
+
+    def _save_last(self) -> None:
+        payload = {
+            "format": RESUME_FORMAT,
+            "state": self.state.__dict__,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(self.last_path) as tmp:
+            torch.save(payload, tmp)
+
+    def _start_epoch(self, epoch: int) -> None:
+        # Shuffle order and augmentation depend on (seed, epoch) only, never on how many
+        # epochs this process has run: a resumed run sees the same batches.
+        epoch_seed = self.cfg.train.seed * 100_003 + epoch
+        self.generator.manual_seed(epoch_seed)
+        self.train_data.transform.set_random_seed(epoch_seed)
+
+    def fit(self, tracker: Tracker) -> TrainState:
+        for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
+            started = time.perf_counter()
+            self._start_epoch(epoch)
+            train_loss = train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer, self.device, epoch)
+            val_loss, val_metrics = evaluate(
+                self.model, self.val_loader, self.loss_fn, self.device, MONITOR_THRESHOLD, desc=f"epoch {epoch} val"
+            )
+            scores = val_metrics.compute()
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_dice": scores["dice"],
+                "val_iou": scores["iou"],
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_seconds": time.perf_counter() - started,
+            }
+            self.state.history.append(row)
+            improved = val_loss < self.state.best_val_loss
+            if improved:
+                self.state.best_epoch, self.state.best_val_loss = epoch, val_loss
+                save_checkpoint(
+                    self.best_path, self.model, self.cfg.model,
+                    image_size=self.cfg.data.image_size, epoch=epoch, val_loss=val_loss, val_dice=scores["dice"],
+                    data_hash=self.split_info["data_hash"], fingerprint=self.state.fingerprint,
+                )
+            self.state.epoch = epoch
+            self.state.finished = epoch == self.cfg.train.epochs
+            self._save_last()
+            tracker.log_epoch(row)
+            print(
+                f"epoch {epoch}/{self.cfg.train.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                f"val_dice {scores['dice']:.4f}  {row['epoch_seconds']:.1f}s{'  *best*' if improved else ''}",
+                flush=True,
+            )
+        return self.state
+
+
+def summary(state: TrainState) -> dict[str, Any]:
+    best = state.best_row
+    return {"best_epoch": state.best_epoch, "best_val_loss": best["val_loss"], "val_dice_at_best": best["val_dice"]}

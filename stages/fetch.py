@@ -1,0 +1,21 @@
+"""Stage fetch: data.source -> data/raw/ (verified), pretrained encoder -> models/pretrained/."""
+
+from pathlib import Path
+
+from pipeline import paths
+from pipeline.cli import run_stage
+from pipeline.config import load_config
+from pipeline.fetch import fetch_dataset
+from pipeline.model import fetch_pretrained_encoder
+
+
+def main() -> None:
+    cfg = load_config()
+    manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
+    fetch_dataset(cfg.data.source, paths.RAW_DIR, manifest=manifest, cache_dir=paths.DOWNLOAD_CACHE)
+    print(f"fetch: {cfg.data.source} -> {paths.RAW_DIR}" + (f" (verified against {manifest})" if manifest else ""))
+    fetch_pretrained_encoder(cfg.model, paths.PRETRAINED_DIR)
+
+
+if __name__ == "__main__":
+    run_stage("fetch", main)
