@@ -27,9 +27,6 @@ IMAGE_DIR_NAMES = ("training_images", "images", "image", "imgs", "img")
 MASK_DIR_NAMES = ("ground_truth", "masks", "mask", "labels", "label", "gt")
 MASK_STEM_SUFFIXES = ("_mask", "-mask", "_label", "_gt")
 SPLITS = ("train", "val", "test")
-# Masks whose aspect ratio differs from their image's by more than this are not the same
-# picture at another scale; rounding of the smaller side explains differences far below it.
-ASPECT_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -104,8 +101,10 @@ def reconcile_mask(mask: np.ndarray, image_shape: tuple[int, ...], name: str | P
     height, width = image_shape[:2]
     if mask.shape == (height, width):
         return mask
-    image_aspect, mask_aspect = width / height, mask.shape[1] / mask.shape[0]
-    if abs(image_aspect - mask_aspect) > ASPECT_TOLERANCE * image_aspect:
+    mask_height, mask_width = mask.shape
+    # Same picture at another scale: the mask's sides match the image's aspect ratio up to
+    # the one pixel that rounding its size can cost.
+    if abs(mask_height - height * mask_width / width) > 1 and abs(mask_width - width * mask_height / height) > 1:
         raise DataError(
             f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; "
             "the aspect ratios differ, so the mask cannot be rescaled to fit"

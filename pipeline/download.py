@@ -21,7 +21,7 @@ class _Retryable(Exception):
     pass
 
 
-def download(url: str, dest: Path, *, retries: int = 4, timeout: float = 30.0, backoff: float = 1.0) -> Path:
+def download(url: str, dest: Path, *, retries: int = 4, timeout: float = 30.0, backoff: float = 0.5) -> Path:
     """Download ``url`` to ``dest``; a ``dest.part`` left by a cut transfer is resumed.
 
     ``dest`` appears only once the transfer is complete, so a reader never sees a
