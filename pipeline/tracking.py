@@ -20,6 +20,7 @@ from .errors import TrackingError
 from .io import read_json, write_json
 
 TRACKING_DB = "mlflow.db"
+CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 ARTIFACT_DIR = "mlartifacts"
 
 
@@ -89,8 +90,8 @@ class MlflowTracker:
         graph is traced at the example's batch and image size and refuses any other shape.
         """
         signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), "logits")]),
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
         )
         info = mlflow.pytorch.log_model(
             model.cpu().eval(),
@@ -101,6 +102,10 @@ class MlflowTracker:
             registered_model_name=registered_model,
         )
         return str(info.registered_model_version)
+
+    def log_checkpoint(self, path: Path) -> None:
+        """The checkpoint travels with the run, so ``predict --model models:/...`` can rebuild the model offline."""
+        mlflow.log_artifact(str(path), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.as_posix())
 
 
 def _requirements() -> list[str]:

@@ -22,6 +22,7 @@ def main() -> None:
         state = session.fit(tracker)
         write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
         write_json(paths.TRAIN_METRICS, summary(state))
+        tracker.log_checkpoint(paths.BEST_CHECKPOINT)
         best_model, _ = load_model(paths.BEST_CHECKPOINT)
         version = tracker.register_model(best_model, cfg.mlflow.registered_model)
     run = RunInfo(tracker.run_id, tracker.experiment_id, cfg.mlflow.registered_model, version)

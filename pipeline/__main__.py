@@ -1,0 +1,53 @@
+"""Command line: ``python -m pipeline predict ...`` and ``python -m pipeline manifest ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import PipelineError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="write a mask PNG for each input image")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    predict.add_argument("--model", default="models/best.pt",
+                         help="checkpoint path or MLflow URI, e.g. models:/human-segmentation-unet/1 (default: %(default)s)")
+    predict.add_argument("--out", type=Path, required=True, help="folder for the masks")
+    predict.add_argument("--threshold", type=float, help="probability cut-off (default: the model's, else 0.5)")
+    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    manifest = commands.add_parser("manifest", help="write a per-file SHA-256 manifest for data.manifest")
+    manifest.add_argument("folder", type=Path)
+    manifest.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            from .predict import run
+
+            return run(args.inputs, args.model, args.out, threshold=args.threshold, batch_size=args.batch_size,
+                       with_overlay=args.overlay, device=args.device)
+        from .fetch import build_manifest
+        from .io import write_json
+
+        files = build_manifest(args.folder)
+        write_json(args.out, {"dataset": args.folder.name, "files": files})
+        print(f"manifest: {len(files)} files -> {args.out}")
+        return 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Predict masks for arbitrary photos with a checkpoint or a registered MLflow model."""
+
+from __future__ import annotations
+
+import glob
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import IMAGE_SUFFIXES, decode_image, eval_transform
+from .engine import resolve_device
+from .errors import DataError, ModelError
+from .io import atomic_path
+from .model import load_model
+
+DEFAULT_THRESHOLD = 0.5
+OVERLAY_COLOUR = np.array([255, 64, 64], np.float32)
+
+
+def resolve_checkpoint(model_ref: str, workdir: Path) -> Path:
+    """A local checkpoint path, or the checkpoint logged with an MLflow model (``models:/name@alias``,
+    ``models:/name/3``, ``runs:/<run id>``) downloaded into ``workdir``."""
+    if not model_ref.startswith(("models:/", "runs:/")):
+        path = Path(model_ref)
+        if not path.is_file():
+            raise ModelError(f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)")
+        return path
+    import mlflow
+
+    from .tracking import CHECKPOINT_ARTIFACT, tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    try:
+        if model_ref.startswith("runs:/"):
+            run_id = model_ref.removeprefix("runs:/").split("/")[0]
+        else:
+            name, _, selector = model_ref.removeprefix("models:/").partition("@")
+            if selector:
+                version = client.get_model_version_by_alias(name, selector)
+            else:
+                name, _, number = name.partition("/")
+                version = client.get_model_version(name, number)
+            run_id = version.run_id
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir), tracking_uri=tracking_uri()
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelError(f"--model {model_ref}: {exc.message}") from None
+    return Path(local)
+
+
+def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
+    """Files as given, folders searched recursively for images, and glob patterns expanded."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.exists():
+            yield path
+        else:
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"{item}: no such file, folder or matching glob")
+            yield from (Path(match) for match in matches)
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module
+    image_size: int
+    threshold: float
+    device: torch.device
+
+    @classmethod
+    def load(cls, checkpoint: Path, threshold: float | None = None, device: str = "auto") -> Predictor:
+        model, meta = load_model(checkpoint)
+        chosen = threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD)
+        target = resolve_device(device)
+        return cls(model.to(target), int(meta["image_size"]), float(chosen), target)
+
+    @torch.no_grad()
+    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Foreground probability per pixel, at each image's own size."""
+        normalise = eval_transform()
+        batch = np.stack(
+            [
+                normalise(image=cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA))["image"]
+                for image in images
+            ]
+        )
+        tensor = torch.from_numpy(batch.transpose(0, 3, 1, 2)).to(self.device)
+        probs = self.model(tensor).sigmoid()[:, 0].float().cpu().numpy()
+        return [
+            cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for prob, image in zip(probs, images)
+        ]
+
+    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [(prob >= self.threshold).astype(np.uint8) * 255 for prob in self.probabilities(images)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    blended = image.astype(np.float32)
+    foreground = mask > 0
+    blended[foreground] = 0.5 * blended[foreground] + 0.5 * OVERLAY_COLOUR
+    return blended.astype(np.uint8)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise DataError(f"{path}: cannot encode output")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
+def predict_files(
+    predictor: Predictor, files: list[Path], out_dir: Path, *, batch_size: int = 8, with_overlay: bool = False
+) -> tuple[list[Path], list[str]]:
+    """Write ``<stem>.png`` masks (0/255, original size) into ``out_dir``; bad files are reported, not fatal."""
+    written: list[Path] = []
+    failures: list[str] = []
+    used_names: set[str] = set()
+    progress = tqdm(total=len(files), desc="predict", unit="image")
+    for start in range(0, len(files), batch_size):
+        batch: list[tuple[Path, np.ndarray]] = []
+        for path in files[start : start + batch_size]:
+            try:
+                batch.append((path, decode_image(path.read_bytes(), path)))
+            except (DataError, OSError) as exc:
+                failures.append(f"{path}: {exc}" if isinstance(exc, OSError) else str(exc))
+                progress.update(1)
+        if not batch:
+            continue
+        for (path, image), mask in zip(batch, predictor.masks([image for _, image in batch])):
+            name = path.stem
+            while name in used_names:  # same stem from two folders: keep both
+                name += "_"
+            used_names.add(name)
+            _write_png(out_dir / f"{name}.png", mask)
+            if with_overlay:
+                _write_png(out_dir / f"{name}_overlay.png", cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR))
+            written.append(out_dir / f"{name}.png")
+            progress.update(1)
+    progress.close()
+    return written, failures
+
+
+def run(inputs: list[str], model_ref: str, out_dir: Path, *, threshold: float | None, batch_size: int,
+        with_overlay: bool, device: str) -> int:
+    files = list(expand_inputs(inputs))
+    with tempfile.TemporaryDirectory() as workdir:
+        predictor = Predictor.load(resolve_checkpoint(model_ref, Path(workdir)), threshold, device)
+    written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
+    print(f"predict: wrote {len(written)} mask(s) to {out_dir} (threshold {predictor.threshold})")
+    for failure in failures:
+        print(f"predict: skipped {failure}")
+    return 1 if failures else 0

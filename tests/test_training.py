@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import parse_config
+from pipeline.data import find_pairs, prepare, split_ids, write_split
+from pipeline.engine import NonFiniteLossError
+from pipeline.evaluation import evaluate_checkpoint
+from pipeline.model import load_model, read_checkpoint
+from pipeline.errors import ModelError
+from pipeline.training import TrainingSession, summary
+from tests.conftest import make_dataset
+
+
+class ListTracker:
+    def __init__(self, stop_after: int | None = None):
+        self.rows: list[dict] = []
+        self.stop_after = stop_after
+
+    def log_epoch(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.stop_after is not None and row["epoch"] == self.stop_after:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    prepared = prepare(find_pairs(make_dataset(root / "raw", count=16, size=40)), 32)
+    write_split(root / "split", prepared, split_ids(prepared.ids, 0.25, 0.25, 0))
+    return root / "split"
+
+
+def tiny_config(params: dict, **train) -> object:
+    params["data"]["image_size"] = 32
+    params["model"].update(encoder="resnet18", encoder_weights=None)
+    params["train"].update({"epochs": 3, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 0.01, **train})
+    return parse_config(params)
+
+
+def session(cfg, split_dir: Path, out: Path) -> TrainingSession:
+    return TrainingSession(
+        cfg, split_dir=split_dir, pretrained_dir=out / "pretrained", best_path=out / "best.pt", last_path=out / "last.pt"
+    )
+
+
+def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, split_dir, tmp_path):
+    tracker = ListTracker()
+    state = session(tiny_config(params), split_dir, tmp_path).fit(tracker)
+    assert [row["epoch"] for row in tracker.rows] == [1, 2, 3]
+    assert set(tracker.rows[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"}
+    best = min(tracker.rows, key=lambda row: row["val_loss"])
+    assert summary(state) == {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_dice_at_best": best["val_dice"]}
+    assert read_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
+    model, meta = load_model(tmp_path / "best.pt")
+    assert model(torch.zeros(2, 3, 64, 96)).shape == (2, 1, 64, 96)
+    assert meta["image_size"] == 32 and meta["model_config"]["encoder_weights"] is None
+    # Evaluating the saved best checkpoint on val reproduces the val loss it was chosen by.
+    scores = evaluate_checkpoint(tmp_path / "best.pt", split_dir, "val", 0.5)
+    assert scores["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
+    assert scores["val_dice"] == pytest.approx(best["val_dice"], rel=1e-4)
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(params, split_dir, tmp_path):
+    cfg = tiny_config(params)
+    reference = session(cfg, split_dir, tmp_path / "a")
+    reference.fit(ListTracker())
+
+    first = session(cfg, split_dir, tmp_path / "b")
+    first.state.run_id = "run-123"
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(ListTracker(stop_after=2))
+    resumed = session(cfg, split_dir, tmp_path / "b")
+    assert resumed.resume_note == "resuming after epoch 2 of 3 (run run-123)"
+    tracker = ListTracker()
+    resumed.fit(tracker)
+    assert [row["epoch"] for row in tracker.rows] == [3]
+    assert [row["val_loss"] for row in resumed.state.history] == [row["val_loss"] for row in reference.state.history]
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_finished_or_foreign_resume_checkpoints_start_fresh(params, split_dir, tmp_path):
+    cfg = tiny_config(params, epochs=1)
+    session(cfg, split_dir, tmp_path).fit(ListTracker())
+    assert "records a finished run" in session(cfg, split_dir, tmp_path).resume_note
+    other = tiny_config(params, epochs=1, lr=0.02)
+    assert "belongs to other params" in session(other, split_dir, tmp_path).resume_note
+    (tmp_path / "last.pt").write_bytes(b"torn")
+    assert "is unreadable" in session(cfg, split_dir, tmp_path).resume_note
+    no_resume = tiny_config(params, epochs=1, resume=False)
+    assert session(no_resume, split_dir, tmp_path).resume_note == "starting a new run"
+
+
+def test_non_finite_loss_stops_naming_epoch_and_step(params, split_dir, tmp_path):
+    run = session(tiny_config(params), split_dir, tmp_path)
+    run.loss_fn = lambda logits, masks: (logits * float("nan")).mean()
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 1, step 1"):
+        run.fit(ListTracker())
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"\x80\x02 garbage")
+    with pytest.raises(ModelError, match="best.pt: not a readable checkpoint"):
+        load_model(tmp_path / "best.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelError, match="foreign.pt: not a checkpoint written by this pipeline"):
+        load_model(tmp_path / "foreign.pt")
