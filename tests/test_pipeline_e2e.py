@@ -26,6 +26,8 @@ def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
     # Stage commands call `python`: it must be this interpreter, with the package installed.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    # ...and import the copied code, not whichever checkout the package was installed from.
+    env["PYTHONPATH"] = str(project)
     result = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
