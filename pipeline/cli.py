@@ -13,7 +13,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+    raise KeyboardInterrupt
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
@@ -23,6 +23,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except PipelineError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        print(f"{name}: interrupted; outputs written so far are complete files. Run `dvc repro` to continue.", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        note = str(exc) or "interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
+        print(f"{name}: {note}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

@@ -22,6 +22,16 @@ class NonFiniteLossError(TrainingError):
         self.epoch, self.step = epoch, step
 
 
+def out_of_memory_message(batch_size: int, epoch: int, step: int) -> str:
+    smaller = max(1, batch_size // 2)
+    return (
+        f"CUDA ran out of memory at epoch {epoch}, step {step} with a batch of {batch_size} images. "
+        f"Try `dvc exp run -S train.batch_size={smaller}`"
+        + (" (or a smaller data.image_size)." if batch_size == 1 else ", or a smaller data.image_size.")
+        + " The best model and models/last.pt so far are kept."
+    )
+
+
 def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,12 +55,15 @@ def train_one_epoch(
     for step, (images, masks) in enumerate(progress, start=1):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), masks)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(epoch, step, value)
-        loss.backward()
-        optimizer.step()
+        try:
+            loss = loss_fn(model(images), masks)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch, step, value)
+            loss.backward()
+            optimizer.step()
+        except torch.cuda.OutOfMemoryError:
+            raise TrainingError(out_of_memory_message(len(images), epoch, step)) from None
         total += value * len(images)
         seen += len(images)
         progress.set_postfix(loss=f"{total / seen:.4f}")

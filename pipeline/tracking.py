@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import requests
 import torch
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
@@ -21,20 +22,50 @@ from .io import read_json, write_json
 
 TRACKING_DB = "mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
+HEALTH_TIMEOUT_S = 5
 ARTIFACT_DIR = "mlartifacts"
 
 
-def tracking_uri(root: Path | None = None) -> str:
+def project_root(start: Path | None = None) -> Path:
+    """The project folder, also when a stage runs in a DVC experiment's temporary copy.
+
+    ``dvc exp run --temp`` and ``dvc queue`` run stages in ``<project>/.dvc/tmp/exps/<tmp>/``,
+    a throw-away clone: a tracking store there would vanish with it.
+    """
+    here = (start or Path.cwd()).resolve()
+    for index in range(len(here.parts) - 2):
+        if here.parts[index : index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*here.parts[:index])
+    return here
+
+
+def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the project's embedded SQLite store (absolute path)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    root = (root or Path.cwd()).resolve()
-    return f"sqlite:///{root / TRACKING_DB}"
+    return f"sqlite:///{project_root() / TRACKING_DB}"
 
 
-def connect(experiment: str, root: Path | None = None) -> str:
-    """Point MLflow at the store and make sure ``experiment`` exists; returns its id."""
-    uri = tracking_uri(root)
+def _check_server(uri: str) -> None:
+    # MLflow's own client retries a dead server for minutes; ask once, quickly, up front.
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: {type(exc).__name__}. "
+            "Start the server, or unset MLFLOW_TRACKING_URI to use the project's local store "
+            f"({TRACKING_DB}). Nothing was trained."
+        ) from None
+
+
+def connect(experiment: str) -> str:
+    """Point MLflow at the store and make sure ``experiment`` exists; returns its id.
+
+    Called before any training, so a dead tracking server costs seconds, not a run.
+    """
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
         found = mlflow.get_experiment_by_name(experiment)
@@ -83,6 +114,17 @@ class MlflowTracker:
     def log_epoch(self, row: dict[str, float]) -> None:
         mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=int(row["epoch"]))
 
+    def catch_up(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs of a resumed run that a crash kept from reaching MLflow.
+
+        ``last.pt`` is saved before an epoch is logged, so after a hard kill the run can
+        lack the last saved epoch, never hold one twice.
+        """
+        logged = {metric.step for metric in mlflow.MlflowClient().get_metric_history(self.run_id, "val_loss")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                self.log_epoch(row)
+
     def register_model(self, model: torch.nn.Module, registered_model: str) -> str:
         """Log ``model`` with MLflow's PyTorch flavour and register it; returns the new version.
 
@@ -116,9 +158,8 @@ def _requirements() -> list[str]:
 
 
 @contextmanager
-def training_run(cfg: Config, *, run_id: str | None, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+def training_run(cfg: Config, experiment_id: str, *, run_id: str | None, tags: dict[str, str]) -> Iterator[MlflowTracker]:
     """Start (or continue) the training run; an interrupt marks it KILLED, an error FAILED."""
-    experiment_id = connect(cfg.mlflow.experiment)
     if run_id is not None and not _run_exists(run_id):
         print(f"MLflow run {run_id} from the resume checkpoint is not in this store; starting a new run")
         run_id = None

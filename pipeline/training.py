@@ -136,6 +136,11 @@ class TrainingSession:
         with atomic_path(self.last_path) as tmp:
             torch.save(payload, tmp)
 
+    def interrupted_note(self) -> str:
+        done = self.state.epoch
+        where = f"{self.last_path} holds epoch {done} of {self.cfg.train.epochs}" if done else "no epoch had finished"
+        return f"interrupted; {where}. Run `dvc repro` to resume (train.resume: true), MLflow run {self.state.run_id}."
+
     def _start_epoch(self, epoch: int) -> None:
         # Shuffle order and augmentation depend on (seed, epoch) only, never on how many
         # epochs this process has run: a resumed run sees the same batches.

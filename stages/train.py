@@ -5,21 +5,26 @@ from pipeline.cli import run_stage
 from pipeline.config import load_config
 from pipeline.io import write_csv, write_json
 from pipeline.model import load_model
-from pipeline.tracking import RunInfo, git_commit, training_run
+from pipeline.tracking import RunInfo, connect, git_commit, training_run
 from pipeline.training import HISTORY_FIELDS, TrainingSession, summary
 
 
 def main() -> None:
     cfg = load_config()
+    experiment_id = connect(cfg.mlflow.experiment)
     session = TrainingSession(
         cfg, split_dir=paths.SPLIT_DIR, pretrained_dir=paths.PRETRAINED_DIR,
         best_path=paths.BEST_CHECKPOINT, last_path=paths.LAST_CHECKPOINT,
     )
     print(f"train: {session.resume_note}; device {session.device}")
     tags = {"git_commit": git_commit(), "data_hash": session.split_info["data_hash"]}
-    with training_run(cfg, run_id=session.state.run_id, tags=tags) as tracker:
+    with training_run(cfg, experiment_id, run_id=session.state.run_id, tags=tags) as tracker:
         session.state.run_id = tracker.run_id
-        state = session.fit(tracker)
+        tracker.catch_up(session.state.history)
+        try:
+            state = session.fit(tracker)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(session.interrupted_note()) from None
         write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
         write_json(paths.TRAIN_METRICS, summary(state))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)

@@ -1,0 +1,169 @@
+"""Fault injection against real processes: kills, signals, NaN, dead tracking server, torn files, parallel runs.
+
+Download, manifest and archive faults are in test_fetch.py; resume determinism in test_training.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tests.conftest import PROJECT_ROOT, copy_project, load_params, tiny_params, write_params
+from tests.test_fetch import closed_port_url
+
+pytestmark = pytest.mark.e2e
+EPOCHS = 3
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+
+
+def environment(project: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(project), str(PROJECT_ROOT / "tests" / "faults")])
+    env.update(extra)
+    return env
+
+
+def run(project: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=project, env=environment(project, **extra), capture_output=True, text=True, timeout=600)
+
+
+def start_train(project: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "stages/train.py"], cwd=project, env=environment(project),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_epoch(project: Path, process: subprocess.Popen, epoch: int, timeout: float = 300) -> None:
+    """Block until models/last.pt records ``epoch`` finished epochs."""
+    deadline = time.monotonic() + timeout
+    last = project / "models" / "last.pt"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        if last.exists() and torch.load(last, weights_only=True)["state"]["epoch"] >= epoch:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no epoch {epoch} within {timeout}s")
+
+
+def client(project: Path) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def run_id_in_last(project: Path) -> str:
+    return torch.load(project / "models" / "last.pt", weights_only=True)["state"]["run_id"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, shared_zip):
+    root = copy_project(tmp_path_factory.mktemp("faults"))
+    params = tiny_params(load_params(root / "params.yaml"), str(shared_zip))
+    params["train"]["epochs"] = EPOCHS
+    write_params(root / "params.yaml", params)
+    result = run(root, "dvc", "repro")
+    assert result.returncode == 0, result.stderr[-3000:]
+    subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "baseline"], cwd=root, check=True)
+    return root
+
+
+def fresh_start(project: Path) -> None:
+    (project / "models" / "last.pt").unlink(missing_ok=True)
+
+
+def test_kill_9_mid_epoch_then_resume_loses_nothing(project):
+    fresh_start(project)
+    process = start_train(project)
+    wait_for_epoch(project, process, 1)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_id = run_id_in_last(project)
+
+    resumed = run(project, sys.executable, "stages/train.py")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after epoch 1 of {EPOCHS} (run {run_id})" in resumed.stdout
+    assert json.loads((project / "models" / "run.json").read_text())["run_id"] == run_id
+    history = client(project).get_metric_history(run_id, "val_dice")
+    assert sorted(metric.step for metric in history) == list(range(1, EPOCHS + 1))
+    assert client(project).get_run(run_id).info.status == "FINISHED"
+    assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] in range(1, EPOCHS + 1)
+
+
+def test_sigterm_saves_marks_the_run_killed_and_says_how_to_resume(project):
+    fresh_start(project)
+    process = start_train(project)
+    wait_for_epoch(project, process, 1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "train: interrupted; models/last.pt holds epoch" in stderr and "Run `dvc repro` to resume" in stderr
+    run_id = run_id_in_last(project)
+    assert client(project).get_run(run_id).info.status == "KILLED"
+    resumed = run(project, sys.executable, "stages/train.py")
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout
+    assert client(project).get_run(run_id).info.status == "FINISHED"
+    assert len(client(project).get_metric_history(run_id, "val_loss")) == EPOCHS
+
+
+def test_nan_loss_stops_at_once_keeps_the_best_model_and_fails_the_run(project):
+    fresh_start(project)
+    (project / "models" / "best.pt").unlink()
+    # 203 training pairs in batches of 16 (last partial batch dropped) + 58 val pairs in 4 batches.
+    result = run(project, sys.executable, "stages/train.py", INJECT_NAN_AFTER_CALLS="16")
+    assert result.returncode == 2
+    assert "train: error: loss became nan at epoch 2, step 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] == 1
+    assert client(project).get_run(run_id_in_last(project)).info.status == "FAILED"
+
+
+def test_unreachable_tracking_server_fails_before_training(project):
+    started = time.monotonic()
+    result = run(project, sys.executable, "stages/train.py", MLFLOW_TRACKING_URI=closed_port_url().rsplit("/", 1)[0])
+    assert result.returncode == 2
+    assert "is unreachable" in result.stderr and "Nothing was trained" in result.stderr
+    assert "epoch 1" not in result.stdout
+    assert time.monotonic() - started < 60
+
+
+def test_truncated_checkpoint_gives_a_clear_error(project):
+    best = project / "models" / "best.pt"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    result = run(project, sys.executable, "stages/evaluate.py")
+    assert result.returncode == 2
+    assert "evaluate: error: models/best.pt: not a readable checkpoint" in result.stderr
+
+
+def test_two_queued_experiments_in_parallel_lose_no_run_or_metric(project):
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
+    run(project, "dvc", "checkout", "--force")
+    for lr in ("0.002", "0.004"):
+        queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}")
+        assert queued.returncode == 0, queued.stderr
+    started = run(project, "dvc", "queue", "start", "--jobs", "2")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Success" in status and "Failed" not in status, status + run(project, "dvc", "queue", "logs", "-h").stdout
+    experiment = client(project).get_experiment_by_name("human-segmentation").experiment_id
+    runs = [r for r in client(project).search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
+    assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
+    for found in runs:
+        assert found.info.status == "FINISHED"
+        assert len(client(project).get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
+        assert "test_dice" in found.data.metrics
