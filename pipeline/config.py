@@ -89,6 +89,10 @@ class TrainConfig(_Section):
     num_workers: int = Field(ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"]
     resume: bool
+    amp: bool
+    compile: bool
+    scheduler: Literal["none", "cosine", "onecycle"]
+    warmup_epochs: int = Field(ge=0)
 
 
 class EvaluateConfig(_Section):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
-from .config import Config
+from . import distributed
+from .config import Config, TrainConfig
 from .data import SegmentationDataset, eval_transform, load_split, read_split_info, train_transform
-from .engine import evaluate, resolve_device, train_one_epoch
+from .engine import choose_precision, evaluate, resolve_device, train_one_epoch
 from .io import atomic_path
 from .metrics import DiceBCELoss
 from .model import ModelError, build_model, load_pretrained_encoder, read_checkpoint, save_checkpoint
@@ -30,11 +33,18 @@ MONITOR_THRESHOLD = 0.5
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds")
 RESUME_FORMAT = "unet-pipeline/resume-v1"
 # Keys that change how training runs but not what it computes; resuming across them is fine.
-RUNTIME_ONLY_KEYS = frozenset({"num_workers", "device", "resume"})
+RUNTIME_ONLY_KEYS = frozenset({"num_workers", "device", "resume", "compile"})
 
 
 class Tracker(Protocol):
     def log_epoch(self, row: dict[str, float]) -> None: ...
+
+
+class NoTracker:
+    """For DDP ranks other than 0, which train but log nothing."""
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        pass
 
 
 @dataclass
@@ -67,14 +77,42 @@ def _seed_worker(worker_id: int) -> None:
     info.dataset.transform.set_random_seed(info.seed % 2**32)
 
 
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: linear warm-up, then constant, cosine decay or one-cycle."""
+    total = cfg.epochs * steps_per_epoch
+    # Capped so that a short run (`-S train.epochs=1`) still trains at full rate for a while.
+    warmup = min(cfg.warmup_epochs, cfg.epochs - 1) * steps_per_epoch
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total
+        )
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class TrainingSession:
     def __init__(self, cfg: Config, *, split_dir: Path, pretrained_dir: Path, best_path: Path, last_path: Path):
         self.cfg, self.best_path, self.last_path = cfg, best_path, last_path
-        self.device = resolve_device(cfg.train.device)
+        self.topology, self.device = distributed.setup(resolve_device(cfg.train.device))
+        self.precision = choose_precision(cfg.train.amp, self.device)
         self.split_info = read_split_info(split_dir)
         torch.manual_seed(cfg.train.seed)
         cuda = self.device.type == "cuda"
         self.train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
+        # Every rank draws its share of the same seeded permutation; set_epoch reseeds it.
+        self.sampler = DistributedSampler(
+            self.train_data, num_replicas=self.topology.world_size, rank=self.topology.rank,
+            shuffle=True, seed=cfg.train.seed,
+        )
         self.generator = torch.Generator()
         loader_options = dict(
             batch_size=cfg.train.batch_size,
@@ -85,7 +123,7 @@ class TrainingSession:
             persistent_workers=cuda and cfg.train.num_workers > 0,
         )
         self.train_loader = DataLoader(
-            self.train_data, shuffle=True, drop_last=len(self.train_data) > cfg.train.batch_size,
+            self.train_data, sampler=self.sampler, drop_last=len(self.sampler) > cfg.train.batch_size,
             generator=self.generator, worker_init_fn=_seed_worker, **loader_options,
         )
         self.val_loader = DataLoader(
@@ -93,8 +131,16 @@ class TrainingSession:
         )
         self.model = build_model(cfg.model)
         load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
-        self.model.to(self.device)
+        self.model.to(self.device, memory_format=torch.channels_last)
+        # What the loop calls; checkpoints always hold the plain model's weights.
+        self.network: torch.nn.Module = self.model
+        if self.topology.enabled:
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+        if cfg.train.compile:
+            self.network = torch.compile(self.network)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
         self.loss_fn = DiceBCELoss()
         self.state = TrainState(training_fingerprint(cfg, self.split_info["data_hash"]))
         self.resume_note = self._maybe_resume()
@@ -121,6 +167,9 @@ class TrainingSession:
             return f"starting a new run ({self.best_path} is missing or from another run)"
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved["scaler"]:
+            self.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["torch_rng"])
         self.state = state
         return f"resuming after epoch {state.epoch} of {self.cfg.train.epochs} (run {state.run_id})"
@@ -131,6 +180,8 @@ class TrainingSession:
             "state": self.state.__dict__,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "torch_rng": torch.get_rng_state(),
         }
         with atomic_path(self.last_path) as tmp:
@@ -145,43 +196,58 @@ class TrainingSession:
         # Shuffle order and augmentation depend on (seed, epoch) only, never on how many
         # epochs this process has run: a resumed run sees the same batches.
         epoch_seed = self.cfg.train.seed * 100_003 + epoch
-        self.generator.manual_seed(epoch_seed)
-        self.train_data.transform.set_random_seed(epoch_seed)
+        self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(epoch_seed + self.topology.rank)
+        self.train_data.transform.set_random_seed(epoch_seed + self.topology.rank)
+
+    def _validate(self, epoch: int, train_loss: float, started: float) -> dict[str, float]:
+        val_loss, val_metrics = evaluate(
+            self.model, self.val_loader, self.loss_fn, self.device, MONITOR_THRESHOLD,
+            desc=f"epoch {epoch} val", precision=self.precision,
+        )
+        scores = val_metrics.compute()
+        return {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_dice": scores["dice"],
+            "val_iou": scores["iou"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+        }
 
     def fit(self, tracker: Tracker) -> TrainState:
+        """Train the remaining epochs. Under DDP every rank trains; rank 0 validates, saves and logs."""
+        main = self.topology.is_main
         for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             started = time.perf_counter()
             self._start_epoch(epoch)
-            train_loss = train_one_epoch(self.model, self.train_loader, self.loss_fn, self.optimizer, self.device, epoch)
-            val_loss, val_metrics = evaluate(
-                self.model, self.val_loader, self.loss_fn, self.device, MONITOR_THRESHOLD, desc=f"epoch {epoch} val"
+            total, seen = train_one_epoch(
+                self.network, self.train_loader, self.loss_fn, self.optimizer, self.device, epoch,
+                self.precision, self.scheduler, self.scaler,
             )
-            scores = val_metrics.compute()
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "val_dice": scores["dice"],
-                "val_iou": scores["iou"],
-                "lr": self.optimizer.param_groups[0]["lr"],
-                "epoch_seconds": time.perf_counter() - started,
-            }
+            total, seen = distributed.sum_across([total, seen], self.topology, self.device)
+            row = distributed.from_main(self._validate(epoch, total / seen, started) if main else None, self.topology)
             self.state.history.append(row)
-            improved = val_loss < self.state.best_val_loss
+            improved = row["val_loss"] < self.state.best_val_loss
             if improved:
-                self.state.best_epoch, self.state.best_val_loss = epoch, val_loss
-                save_checkpoint(
-                    self.best_path, self.model, self.cfg.model,
-                    image_size=self.cfg.data.image_size, epoch=epoch, val_loss=val_loss, val_dice=scores["dice"],
-                    data_hash=self.split_info["data_hash"], fingerprint=self.state.fingerprint,
-                )
+                self.state.best_epoch, self.state.best_val_loss = epoch, row["val_loss"]
             self.state.epoch = epoch
             self.state.finished = epoch == self.cfg.train.epochs
+            if not main:
+                continue
+            if improved:
+                save_checkpoint(
+                    self.best_path, self.model, self.cfg.model,
+                    image_size=self.cfg.data.image_size, epoch=epoch, val_loss=row["val_loss"],
+                    val_dice=row["val_dice"], data_hash=self.split_info["data_hash"], fingerprint=self.state.fingerprint,
+                )
             self._save_last()
             tracker.log_epoch(row)
             print(
-                f"epoch {epoch}/{self.cfg.train.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                f"val_dice {scores['dice']:.4f}  {row['epoch_seconds']:.1f}s{'  *best*' if improved else ''}",
+                f"epoch {epoch}/{self.cfg.train.epochs}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val_dice {row['val_dice']:.4f}  lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s"
+                + ("  *best*" if improved else ""),
                 flush=True,
             )
         return self.state

@@ -1,22 +1,18 @@
-"""Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run, registered model."""
+"""Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run, registered model.
 
-from pipeline import paths
+Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
+"""
+
+from pipeline import distributed, paths
 from pipeline.cli import run_stage
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
 from pipeline.io import write_csv, write_json
 from pipeline.model import load_model
 from pipeline.tracking import RunInfo, connect, git_commit, training_run
-from pipeline.training import HISTORY_FIELDS, TrainingSession, summary
+from pipeline.training import HISTORY_FIELDS, NoTracker, TrainingSession, summary
 
 
-def main() -> None:
-    cfg = load_config()
-    experiment_id = connect(cfg.mlflow.experiment)
-    session = TrainingSession(
-        cfg, split_dir=paths.SPLIT_DIR, pretrained_dir=paths.PRETRAINED_DIR,
-        best_path=paths.BEST_CHECKPOINT, last_path=paths.LAST_CHECKPOINT,
-    )
-    print(f"train: {session.resume_note}; device {session.device}")
+def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
     tags = {"git_commit": git_commit(), "data_hash": session.split_info["data_hash"]}
     with training_run(cfg, experiment_id, run_id=session.state.run_id, tags=tags) as tracker:
         session.state.run_id = tracker.run_id
@@ -33,6 +29,26 @@ def main() -> None:
     run = RunInfo(tracker.run_id, tracker.experiment_id, cfg.mlflow.registered_model, version)
     run.save(paths.RUN_INFO)
     print(f"train: best epoch {state.best_epoch}; registered {cfg.mlflow.registered_model} version {version} (run {run.run_id})")
+
+
+def main() -> None:
+    cfg = load_config()
+    main_process = distributed.is_main_process()
+    # Before loading anything: a dead tracking server must cost seconds, not a training run.
+    experiment_id = connect(cfg.mlflow.experiment) if main_process else None
+    session = TrainingSession(
+        cfg, split_dir=paths.SPLIT_DIR, pretrained_dir=paths.PRETRAINED_DIR,
+        best_path=paths.BEST_CHECKPOINT, last_path=paths.LAST_CHECKPOINT,
+    )
+    try:
+        if main_process:
+            print(f"train: {session.resume_note}; device {session.device}, {session.precision.name}, "
+                  f"{session.topology.world_size} process(es)")
+            train_tracked(cfg, session, experiment_id)
+        else:
+            session.fit(NoTracker())
+    finally:
+        distributed.teardown()
 
 
 if __name__ == "__main__":

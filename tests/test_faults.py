@@ -167,3 +167,21 @@ def test_two_queued_experiments_in_parallel_lose_no_run_or_metric(project):
         assert found.info.status == "FINISHED"
         assert len(client(project).get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
         assert "test_dice" in found.data.metrics
+
+
+def test_torchrun_two_processes_train_and_log_once(project):
+    """DDP on CPU with the gloo backend: both ranks train, rank 0 alone logs and writes."""
+    fresh_start(project)
+    mlflow_client = client(project)
+    experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
+    before = {r.info.run_id for r in mlflow_client.search_runs([experiment])}
+    result = run(
+        project, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "stages/train.py"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("2 process(es)") == 1
+    assert result.stdout.count(f"epoch {EPOCHS}/{EPOCHS}:") == 1
+    new_runs = [r for r in mlflow_client.search_runs([experiment]) if r.info.run_id not in before]
+    assert len(new_runs) == 1
+    assert len(mlflow_client.get_metric_history(new_runs[0].info.run_id, "val_dice")) == EPOCHS
+    assert json.loads((project / "models" / "run.json").read_text())["run_id"] == new_runs[0].info.run_id

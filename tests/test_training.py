@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def split_dir(tmp_path_factory) -> Path:
 def tiny_config(params: dict, **train) -> object:
     params["data"]["image_size"] = 32
     params["model"].update(encoder="resnet18", encoder_weights=None)
-    params["train"].update({"epochs": 3, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 0.01, **train})
+    defaults = {"epochs": 3, "batch_size": 4, "num_workers": 0, "device": "cpu", "lr": 0.01, "amp": False}
+    params["train"].update({**defaults, **train})
     return parse_config(params)
 
 
@@ -60,6 +62,32 @@ def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, spl
     scores = evaluate_checkpoint(tmp_path / "best.pt", split_dir, "val", 0.5)
     assert scores["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     assert scores["val_dice"] == pytest.approx(best["val_dice"], rel=1e-4)
+
+
+def test_scheduler_warms_up_then_decays_and_amp_uses_bf16_where_the_cpu_has_it(params, split_dir, tmp_path):
+    run = session(tiny_config(params, amp=True, scheduler="cosine", warmup_epochs=1), split_dir, tmp_path)
+    expected = "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+    assert run.precision.name == expected
+    state = run.fit(ListTracker())
+    lrs = [row["lr"] for row in state.history]
+    # 8 training pairs in batches of 4: 2 steps per epoch; warm-up reaches the peak after epoch 1.
+    assert lrs[0] == pytest.approx(0.01) and lrs[1] == pytest.approx(0.005) and lrs[2] == pytest.approx(0.0, abs=1e-9)
+    assert all(math.isfinite(row["train_loss"]) for row in state.history)
+
+
+@pytest.mark.parametrize(("scheduler", "expected"), [("none", [0.005, 0.01, 0.01]), ("onecycle", None)])
+def test_other_schedules(params, split_dir, tmp_path, scheduler, expected):
+    cfg = tiny_config(params, scheduler=scheduler, warmup_epochs=1)
+    run = session(cfg, split_dir, tmp_path)
+    seen = []
+    for _ in range(6):
+        seen.append(run.optimizer.param_groups[0]["lr"])
+        run.optimizer.step()
+        run.scheduler.step()
+    if expected is not None:
+        assert seen[::2] == pytest.approx(expected)
+    else:  # one-cycle: rises to train.lr by the end of warm-up, then anneals far below it
+        assert max(seen) == pytest.approx(0.01, rel=1e-3) and seen[-1] < 0.01 * 0.2 and seen[0] < 0.01 * 0.1
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(params, split_dir, tmp_path):
