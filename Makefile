@@ -20,5 +20,9 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
 
+# Notebook-style loop vs this pipeline; pass options with BENCH_ARGS="--image-size 320 --epochs 2".
+bench: $(INSTALLED)
+	$(BIN)/python bench/train_speed.py $(BENCH_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

@@ -192,7 +192,7 @@ class TrainingSession:
         where = f"{self.last_path} holds epoch {done} of {self.cfg.train.epochs}" if done else "no epoch had finished"
         return f"interrupted; {where}. Run `dvc repro` to resume (train.resume: true), MLflow run {self.state.run_id}."
 
-    def _start_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
         # Shuffle order and augmentation depend on (seed, epoch) only, never on how many
         # epochs this process has run: a resumed run sees the same batches.
         epoch_seed = self.cfg.train.seed * 100_003 + epoch
@@ -221,7 +221,7 @@ class TrainingSession:
         main = self.topology.is_main
         for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             started = time.perf_counter()
-            self._start_epoch(epoch)
+            self.start_epoch(epoch)
             total, seen = train_one_epoch(
                 self.network, self.train_loader, self.loss_fn, self.optimizer, self.device, epoch,
                 self.precision, self.scheduler, self.scaler,

@@ -1,0 +1,244 @@
+"""Training throughput: a seed-notebook-style loop against this pipeline, side by side.
+
+    python bench/train_speed.py [--source data/raw] [--image-size 256] [--epochs 4]
+
+Both loops train the same model (params.yaml's model section, same initial weights) at the
+same image size and batch size on the same split, one after the other in fresh processes
+of this invocation. The notebook loop decodes every full-size photo and resizes it in
+the main process at every step, in fp32; the pipeline reads the split prepared once,
+with its loader, precision and layout choices from params.yaml. Reported per loop:
+training images/s, the share of step time spent waiting for data, peak memory, val Dice
+after each epoch and the training time until val Dice first reaches --target-dice
+(the pipeline's includes its one-off decode-and-resize). The last line is
+`speedup_vs_notebook_loop: X.XX` (pipeline images/s / notebook images/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pipeline  # noqa: F401  (environment set-up before albumentations is imported)
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from ruamel.yaml import YAML
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import load_config, parse_config
+from pipeline.data import Pair, decode_image, decode_mask, eval_transform, find_pairs, prepare, reconcile_mask
+from pipeline.data import SegmentationDataset, split_ids, write_split
+from pipeline.engine import Precision, evaluate, resolve_device, train_one_epoch
+from pipeline.fetch import fetch_dataset
+from pipeline.metrics import DiceBCELoss
+from pipeline.model import build_model, load_pretrained_encoder
+from pipeline.paths import PRETRAINED_DIR
+from pipeline.training import TrainingSession
+
+MONITOR_THRESHOLD = 0.5
+
+
+class Timed:
+    """Wraps a loader and adds up the time spent waiting for each batch."""
+
+    def __init__(self, loader):
+        self.loader, self.waiting = loader, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.waiting += time.perf_counter() - started
+            yield batch
+
+
+class NotebookDataset(Dataset):
+    """As in the reference notebook: read, decode and resize the full-size files at every access."""
+
+    def __init__(self, pairs: list[Pair], size: int, augment: bool):
+        steps = [A.Resize(size, size)] + ([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if augment else [])
+        self.pairs, self.transform = pairs, A.Compose(steps + [A.Normalize()], seed=0)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        pair = self.pairs[index]
+        image = decode_image(pair.image.read_bytes(), pair.image)
+        mask = reconcile_mask(decode_mask(pair.mask.read_bytes(), pair.mask), image.shape, pair.mask)
+        out = self.transform(image=image, mask=mask)
+        return torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), torch.from_numpy(out["mask"])[None].float()
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_utilisation(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # needs NVML (pynvml), which a CPU-only install lacks
+        return None
+
+
+def notebook_loop(cfg, pairs, val_loader, epochs, target):
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    load_pretrained_encoder(model, cfg.model, PRETRAINED_DIR)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    loss_fn = DiceBCELoss()
+    loader = Timed(DataLoader(NotebookDataset(pairs, cfg.data.image_size, augment=True), batch_size=cfg.train.batch_size, shuffle=True))
+    fp32 = Precision(device.type)
+    train_seconds, images, dice, reached, utilisation = 0.0, 0, [], None, []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        for batch_images, batch_masks in loader:
+            batch_images, batch_masks = batch_images.to(device), batch_masks.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(batch_images), batch_masks)
+            loss.backward()
+            optimizer.step()
+            images += len(batch_images)
+        train_seconds += time.perf_counter() - started
+        utilisation.append(_gpu_utilisation(device))
+        dice.append(evaluate(model, val_loader, loss_fn, device, MONITOR_THRESHOLD, "val", fp32)[1].compute()["dice"])
+        if reached is None and dice[-1] >= target:
+            reached = train_seconds
+    return _result(images, train_seconds, loader.waiting, dice, reached, device, utilisation)
+
+
+def pipeline_loop(cfg, pairs, val_loader, epochs, target):
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        prepared = prepare(pairs, cfg.data.image_size)
+        # Everything goes to train: the bench scores both loops on the same val loader.
+        write_split(Path(workdir), prepared, {"train": prepared.ids, "val": prepared.ids[:1], "test": prepared.ids[:1]})
+        prepare_seconds = time.perf_counter() - started
+        session = TrainingSession(
+            cfg, split_dir=Path(workdir), pretrained_dir=PRETRAINED_DIR,
+            best_path=Path(workdir) / "best.pt", last_path=Path(workdir) / "last.pt",
+        )
+        loader = Timed(session.train_loader)
+        train_seconds, images, dice, reached, utilisation = prepare_seconds, 0, [], None, []
+        for epoch in range(1, epochs + 1):
+            session.start_epoch(epoch)
+            started = time.perf_counter()
+            images += train_one_epoch(
+                session.network, loader, session.loss_fn, session.optimizer, session.device, epoch,
+                session.precision, session.scheduler, session.scaler,
+            )[1]
+            train_seconds += time.perf_counter() - started
+            utilisation.append(_gpu_utilisation(session.device))
+            fp32 = Precision(session.device.type)
+            dice.append(evaluate(session.model, val_loader, session.loss_fn, session.device, MONITOR_THRESHOLD, "val", fp32)[1].compute()["dice"])
+            if reached is None and dice[-1] >= target:
+                reached = train_seconds
+        result = _result(images, train_seconds - prepare_seconds, loader.waiting, dice, reached, session.device, utilisation)
+        return result | {"prepare_seconds": prepare_seconds, "precision": session.precision.name}
+
+
+def _result(images, seconds, waiting, dice, reached, device, utilisation):
+    busy = [value for value in utilisation if value is not None]
+    return {
+        "images_per_second": images / seconds,
+        "data_share": waiting / seconds,
+        "peak_mib": _peak_memory_mib(device),
+        "dice": dice,
+        "time_to_dice": reached,
+        "gpu_utilisation": sum(busy) / len(busy) if busy else None,
+    }
+
+
+def _run(loop_name, params, pairs, val_ids_pairs, epochs, target):
+    cfg = parse_config(params)
+    val = prepare(val_ids_pairs, cfg.data.image_size)
+    val_loader = DataLoader(SegmentationDataset(val.images, val.masks, eval_transform()), batch_size=16)
+    loop = {"notebook_loop": notebook_loop, "pipeline": pipeline_loop}[loop_name]
+    return loop(cfg, pairs, val_loader, epochs, target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default="data/raw", help="dataset folder or archive (default: data/raw from `dvc repro`)")
+    parser.add_argument("--image-size", type=int, help="default: 320 on CUDA, 256 on CPU (to finish in minutes)")
+    parser.add_argument("--epochs", type=int, help="default: 10 on CUDA, 4 on CPU")
+    parser.add_argument("--target-dice", type=float, default=0.6)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml key for this run, as with `dvc exp run -S` (repeatable)")
+    args = parser.parse_args()
+
+    cuda = torch.cuda.is_available()
+    cfg = load_config()
+    params = cfg.model_dump()
+    params["data"]["image_size"] = args.image_size or (320 if cuda else 256)
+    epochs = args.epochs or (10 if cuda else 4)
+    params["train"].update(epochs=epochs)
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        section, _, name = key.partition(".")
+        params[section][name] = YAML(typ="safe", pure=True).load(value)
+    if cfg.model.encoder_weights and not (PRETRAINED_DIR / "encoder.pt").exists():
+        print(f"bench: {PRETRAINED_DIR}/encoder.pt missing (run `dvc repro fetch`): both loops start from random weights")
+        params["model"]["encoder_weights"] = None
+
+    with tempfile.TemporaryDirectory() as workdir:
+        source = Path(args.source)
+        if not source.is_dir():
+            source = fetch_dataset(args.source, Path(workdir) / "raw", manifest=None, cache_dir=Path(workdir) / "cache")
+        pairs = find_pairs(source)
+        by_id = {pair.id: pair for pair in pairs}
+        split = split_ids(list(by_id), cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
+        train_pairs, val_pairs = [by_id[i] for i in split["train"]], [by_id[i] for i in split["val"]]
+
+        device = "cuda: " + torch.cuda.get_device_name() if cuda else f"cpu: {platform.processor() or platform.machine()}"
+        print(
+            f"bench: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg.model.arch} "
+            f"{cfg.model.encoder} ({'pretrained' if params['model']['encoder_weights'] else 'random init'}), "
+            f"{params['data']['image_size']}px, batch {cfg.train.batch_size}, {epochs} epochs, "
+            f"{len(train_pairs)} train / {len(val_pairs)} val pairs"
+        )
+        results = {}
+        for name in ("notebook_loop", "pipeline"):
+            # A fresh process each, for a clean peak-memory reading; not a daemon, so the
+            # pipeline's loader can start its workers.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results[name] = pool.submit(_run, name, params, train_pairs, val_pairs, epochs, args.target_dice).result()
+
+    print(f"{'loop':15s} {'images/s':>9s} {'data wait':>10s} {'peak MiB':>9s} {'GPU util':>9s} "
+          f"{'time to Dice ' + str(args.target_dice):>18s}  val Dice per epoch")
+    for name, result in results.items():
+        reached = f"{result['time_to_dice']:.1f} s" if result["time_to_dice"] is not None else "not reached"
+        utilisation = f"{result['gpu_utilisation']:.0f}%" if result["gpu_utilisation"] is not None else "n/a"
+        print(
+            f"{name:15s} {result['images_per_second']:9.2f} {result['data_share']:9.1%} {result['peak_mib']:9.0f} "
+            f"{utilisation:>9s} {reached:>18s}  " + " ".join(f"{value:.3f}" for value in result["dice"])
+        )
+    pipeline_result = results["pipeline"]
+    print(f"pipeline: {pipeline_result['precision']}, prepare (decode + resize once) {pipeline_result['prepare_seconds']:.1f} s, "
+          f"included in its time to Dice")
+    print(f"speedup_vs_notebook_loop: {pipeline_result['images_per_second'] / results['notebook_loop']['images_per_second']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
