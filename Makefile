@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test bench lint clean-venv
+.PHONY: repro test bench clean-venv
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
