@@ -2,7 +2,7 @@
 
     python bench/encoders.py [--size 320] [--batch 8] [--steps 4]
 
-Prints images/s per encoder and precision mode, each as a ratio to the first row (the
+Prints images/s per encoder, precision and memory layout, each as a ratio to the first row (the
 notebook's `timm-efficientnet-b0`, which smp 0.5+ maps to timm) measured in the same run.
 """
 
@@ -22,11 +22,11 @@ from pipeline.metrics import DiceBCELoss
 CANDIDATES = ("timm-efficientnet-b0", "tu-efficientnet_b0", "efficientnet-b0")
 
 
-def images_per_second(encoder: str, size: int, batch: int, steps: int, bf16: bool) -> float:
+def images_per_second(encoder: str, size: int, batch: int, steps: int, bf16: bool, channels_last: bool) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = smp.create_model("Unet", encoder_name=encoder, encoder_weights=None, classes=1)
-    memory_format = torch.channels_last if bf16 else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = DiceBCELoss()
@@ -56,13 +56,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}px, batch {args.batch}, {args.steps} steps")
     baseline = None
-    for bf16 in (False, True):
+    for bf16, channels_last in ((False, False), (False, True), (True, False), (True, True)):
         for encoder in CANDIDATES:
-            rate = images_per_second(encoder, args.size, args.batch, args.steps, bf16)
+            rate = images_per_second(encoder, args.size, args.batch, args.steps, bf16, channels_last)
             baseline = baseline or rate
             params = sum(p.numel() for p in smp.create_model("Unet", encoder_name=encoder, encoder_weights=None).parameters())
-            mode = "bf16+channels_last" if bf16 else "fp32"
-            print(f"{encoder:22s} {mode:19s} {params / 1e6:5.2f}M params  {rate:6.2f} img/s  x{rate / baseline:.2f}")
+            mode = ("bf16" if bf16 else "fp32") + ("+channels_last" if channels_last else "")
+            print(f"{encoder:22s} {mode:19s} {params / 1e6:5.2f}M params  {rate:6.2f} img/s  x{rate / baseline:.2f}", flush=True)
 
 
 if __name__ == "__main__":
