@@ -27,7 +27,7 @@ REQUIREMENTS = ("torch", "segmentation-models-pytorch", "timm", "numpy", "pandas
                 "albumentations", "pydantic", "ruamel.yaml", "tqdm")
 
 
-def test_set_id(split_info: dict[str, Any]) -> str:
+def identify_test_set(split_info: dict[str, Any]) -> str:
     """Identifies the test images exactly: the data, the size they are scored at, and which ones."""
     identity = {"data_hash": split_info["data_hash"], "image_size": split_info["image_size"], "test": sorted(split_info["ids"]["test"])}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -77,7 +77,7 @@ def version_tags(training_tags: dict[str, str], split_info: dict[str, Any], metr
     precision (a rounded champion score could lose a tie to its own re-evaluation)."""
     provenance = {key: training_tags.get(key, "unknown") for key in ("data_hash", "git_commit")}
     scores = {key: repr(value) for key, value in metrics.items() if key.startswith("test_") or key == "threshold"}
-    return {**provenance, "test_set": test_set_id(split_info), **scores}
+    return {**provenance, "test_set": identify_test_set(split_info), **scores}
 
 
 def register_model(*, run_id: str, name: str, checkpoint: Path, card: Path, settings: InferenceSettings,
