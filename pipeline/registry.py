@@ -109,7 +109,7 @@ def current_champion(name: str) -> Contender | None:
     except mlflow.exceptions.MlflowException:
         return None
     # A champion set by hand on an untagged version is comparable to nothing.
-    return Contender(found.version, float(found.tags.get("test_dice", "nan")), found.tags.get("test_set", ""))
+    return Contender(str(found.version), float(found.tags.get("test_dice", "nan")), found.tags.get("test_set", ""))
 
 
 def apply_decision(name: str, run_id: str, decision: AliasDecision) -> None:

@@ -57,6 +57,7 @@ def test_registered_versions_get_tags_card_and_aliases(tmp_path):
         apply_decision(NAME, run_id, decision)
         decisions.append((version, decision.alias))
     assert decisions == [("1", CHAMPION), ("2", CHALLENGER), ("3", CHAMPION)]
+    assert current_champion(NAME) == Contender("3", 0.75, "s")
     registered = client().get_registered_model(NAME)
     assert registered.aliases == {CHAMPION: 3, CHALLENGER: 2}
     version = client().get_model_version(NAME, "2")
