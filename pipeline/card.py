@@ -17,12 +17,12 @@ def render_card(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
     )
     worst_lines = "\n".join(f"- `{row['id']}`: Dice {row['dice']:.3f}, person covers {row['foreground_fraction']:.0%} of the image" for row in worst)
+    weights = params["model.encoder_weights"] or "random"
     param_lines = "\n".join(f"| `{key}` | `{value}` |" for key, value in params.items())
     return f"""# Model card: {registered_model}
 
 Binary person segmentation: a {params['model.arch']} ({params['model.encoder']} encoder,
-`{params['model.encoder_weights']}` initial weights) that outputs, per pixel, whether it
-belongs to a person. MLflow run `{run_id}`.
+{weights} initial weights) that outputs, per pixel, whether it belongs to a person. MLflow run `{run_id}`.
 
 ## Intended use
 Foreground masks of people in photos similar to the training data (one or a few people,

@@ -82,3 +82,21 @@ def test_gallery_colours_false_positives_and_negatives_differently():
     assert closest(colour_at(quarter, 3 * quarter)) == FALSE_POSITIVE  # top right: predicted only
     assert closest(colour_at(3 * quarter, quarter)) == FALSE_NEGATIVE  # bottom left: missed
     assert (colour_at(3 * quarter, 3 * quarter) == 120).all()  # bottom right: dimmed photo, no tint
+
+
+def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
+    from pipeline.card import METRIC_NAMES, render_card
+    from pipeline.config import parse_config
+
+    metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_NAMES for suffix in ("", "_pooled")}
+    metrics.update(test_dice=0.8125, threshold=0.35)
+    split_info = {"data_hash": "f" * 64, "image_size": 320, "counts": {"train": 203, "val": 58, "test": 29}}
+    card = render_card(
+        registered_model="m", run_id="r1", params=parse_config(params).flat(), split_info=split_info, metrics=metrics,
+        threshold_source="maximises mean Dice on the validation split", worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
+    )
+    assert "f" * 64 in card and "203 train, 58 validation,\n29 test images" in card
+    assert "at least **0.35** (maximises mean Dice on the validation split)" in card
+    assert "| dice | 0.8125 | 0.5000 |" in card
+    assert "`260`: Dice 0.267, person covers 12% of the image" in card
+    assert "## Intended use" in card and "## Known limits" in card and "| `train.lr` | `0.003` |" in card
