@@ -16,9 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="write a mask PNG for each input image")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     predict.add_argument("--model", default="models/best.pt",
-                         help="checkpoint path or MLflow URI, e.g. models:/human-segmentation-unet/1 (default: %(default)s)")
+                         help="MLflow URI, e.g. models:/human-segmentation-unet@champion, or a checkpoint path (default: %(default)s)")
     predict.add_argument("--out", type=Path, required=True, help="folder for the masks")
-    predict.add_argument("--threshold", type=float, help="probability cut-off (default: the model's, else 0.5)")
+    predict.add_argument("--threshold", type=float, help="probability cut-off (default: the one evaluate chose for the model)")
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

@@ -96,7 +96,16 @@ class TrainConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    threshold: float = Field(gt=0, lt=1)
+    threshold: float | str
+    tta: bool
+
+    @field_validator("threshold")
+    @classmethod
+    def _auto_or_probability(cls, value: float | str) -> float | str:
+        # One check instead of a pydantic union, whose errors would name each branch.
+        if value == "auto" or (isinstance(value, float) and 0 < value < 1):
+            return value
+        raise ValueError("must be 'auto' (tuned on the validation split) or a probability strictly between 0 and 1")
 
 
 class MlflowConfig(_Section):

@@ -1,26 +1,84 @@
-"""Score a checkpoint on a held-out split."""
+"""Score a checkpoint on a held-out split: one forward pass, then metrics at any threshold."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from .data import SegmentationDataset, eval_transform, load_split
-from .engine import evaluate, resolve_device
-from .metrics import DiceBCELoss
+from .data import SegmentationDataset, eval_transform, load_split, read_split_info
+from .engine import resolve_device
+from .inference import predict_logits
+from .metrics import DiceBCELoss, SegmentationMetrics
 from .model import load_model
 
-# Scores do not depend on it; it only bounds memory.
+# Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
+PER_IMAGE_FIELDS = ("id", "dice", "iou", "foreground_fraction")
 
 
-def evaluate_checkpoint(checkpoint: Path, split_dir: Path, split: str, threshold: float) -> dict[str, float]:
-    """Loss and metrics of ``checkpoint`` on ``split``, prefixed with the split's name."""
+@dataclass
+class SplitPredictions:
+    """The network's logits for every image of a split, kept so any threshold can be scored."""
+
+    split: str
+    ids: list[str]
+    images: np.ndarray  # (N, S, S, 3) uint8, for the gallery
+    masks: torch.Tensor  # (N, 1, S, S) float 0/1
+    logits: torch.Tensor  # (N, 1, S, S)
+    loss: float  # mean Dice + BCE per image
+
+    def metrics(self, threshold: float) -> SegmentationMetrics:
+        metrics = SegmentationMetrics(threshold)
+        metrics.update(self.logits, self.masks)
+        return metrics
+
+    def scores(self, threshold: float) -> dict[str, float]:
+        """Loss and metrics, named ``<split>_<metric>`` as in metrics/evaluate.json and MLflow."""
+        scores = {"loss": self.loss, **self.metrics(threshold).compute()}
+        return {f"{self.split}_{name}": value for name, value in scores.items()}
+
+    def per_image(self, threshold: float) -> list[dict[str, object]]:
+        metrics = self.metrics(threshold)
+        foreground = self.masks.mean(dim=(1, 2, 3))
+        return [
+            {"id": id_, "dice": float(dice), "iou": float(iou), "foreground_fraction": float(fraction)}
+            for id_, dice, iou, fraction in zip(self.ids, metrics.per_image("dice"), metrics.per_image("iou"), foreground)
+        ]
+
+    def predicted_masks(self, threshold: float) -> np.ndarray:
+        """(N, S, S) bool, thresholded as SegmentationMetrics does (probability >= threshold)."""
+        return (self.logits.sigmoid() >= threshold)[:, 0].numpy()
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool) -> SplitPredictions:
+    images, masks = load_split(split_dir, split)
+    loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
+    loss_fn = DiceBCELoss()
+    model.eval()
+    logits, truths, total = [], [], 0.0
+    for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
+        output = predict_logits(model, batch.to(device), tta).float().cpu()
+        total += loss_fn(output, truth).item() * len(batch)
+        logits.append(output)
+        truths.append(truth)
+    ids = read_split_info(split_dir)["ids"][split]
+    return SplitPredictions(split, ids, np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images))
+
+
+def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
     device = resolve_device("auto")
     model, _ = load_model(checkpoint)
-    model.to(device)
-    loader = DataLoader(SegmentationDataset(*load_split(split_dir, split), eval_transform()), batch_size=EVAL_BATCH_SIZE)
-    loss, metrics = evaluate(model, loader, DiceBCELoss(), device, threshold, desc=f"evaluate {split}")
-    scores = {"loss": loss, **metrics.compute()}
-    return {f"{split}_{name}": value for name, value in scores.items()} | {"threshold": threshold}
+    return model.to(device), device
+
+
+def evaluate_checkpoint(checkpoint: Path, split_dir: Path, split: str, threshold: float, tta: bool = False) -> dict[str, float]:
+    """Loss and metrics of ``checkpoint`` on ``split`` at ``threshold``, prefixed with the split's name."""
+    model, device = load_for_evaluation(checkpoint)
+    return predict_split(model, split_dir, split, device, tta).scores(threshold)

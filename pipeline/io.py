@@ -79,5 +79,17 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: S
         writer.writerows(rows)
 
 
+def write_png(path: str | Path, image: Any) -> None:
+    """An RGB (H x W x 3) or single-channel (H x W) uint8 array as a PNG."""
+    import cv2  # only the stages that write images pay for importing OpenCV
+
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode the image as PNG")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import glob
-import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -16,44 +15,46 @@ from tqdm import tqdm
 from .data import IMAGE_SUFFIXES, decode_image, eval_transform
 from .engine import resolve_device
 from .errors import DataError, ModelError
-from .io import atomic_path
+from .inference import InferenceSettings, predict_logits
+from .io import write_png
 from .model import load_model
 
 DEFAULT_THRESHOLD = 0.5
 OVERLAY_COLOUR = np.array([255, 64, 64], np.float32)
 
 
-def resolve_checkpoint(model_ref: str, workdir: Path) -> Path:
-    """A local checkpoint path, or the checkpoint logged with an MLflow model (``models:/name@alias``,
-    ``models:/name/3``, ``runs:/<run id>``) downloaded into ``workdir``."""
-    if not model_ref.startswith(("models:/", "runs:/")):
+def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> Predictor:
+    """A local checkpoint path, or a registered model by MLflow URI (``models:/name@champion``,
+    ``models:/name/3``, ``runs:/<run id>/model``). The model's stored threshold and TTA apply
+    unless ``threshold`` overrides the former."""
+    if model_ref.startswith(("models:/", "runs:/")):
+        predictor = _registered_predictor(model_ref)
+    else:
         path = Path(model_ref)
         if not path.is_file():
             raise ModelError(f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)")
-        return path
+        settings = InferenceSettings.beside(path)
+        if settings is None:
+            print(f"predict: no evaluated settings beside {path} (run the evaluate stage); "
+                  f"using threshold {DEFAULT_THRESHOLD} without TTA")
+        predictor = Predictor.load(path, settings or InferenceSettings(DEFAULT_THRESHOLD, False, ""), device)
+    target = resolve_device(device)
+    return replace(predictor, model=predictor.model.to(target), device=target,
+                   threshold=predictor.threshold if threshold is None else threshold)
+
+
+def _registered_predictor(model_ref: str) -> Predictor:
     import mlflow
 
-    from .tracking import CHECKPOINT_ARTIFACT, tracking_uri
+    from .tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
-    client = mlflow.MlflowClient()
     try:
-        if model_ref.startswith("runs:/"):
-            run_id = model_ref.removeprefix("runs:/").split("/")[0]
-        else:
-            name, _, selector = model_ref.removeprefix("models:/").partition("@")
-            if selector:
-                version = client.get_model_version_by_alias(name, selector)
-            else:
-                name, _, number = name.partition("/")
-                version = client.get_model_version(name, number)
-            run_id = version.run_id
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT, dst_path=str(workdir), tracking_uri=tracking_uri()
-        )
+        return mlflow.pyfunc.load_model(model_ref).unwrap_python_model().predictor
     except mlflow.exceptions.MlflowException as exc:
         raise ModelError(f"--model {model_ref}: {exc.message}") from None
-    return Path(local)
+    except AttributeError:
+        raise ModelError(f"--model {model_ref}: not a model registered by this pipeline (no segmentation predictor in it)") from None
 
 
 def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -71,19 +72,19 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
             yield from (Path(match) for match in matches)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Predictor:
     model: torch.nn.Module
     image_size: int
     threshold: float
+    tta: bool
     device: torch.device
 
     @classmethod
-    def load(cls, checkpoint: Path, threshold: float | None = None, device: str = "auto") -> Predictor:
+    def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> Predictor:
         model, meta = load_model(checkpoint)
-        chosen = threshold if threshold is not None else meta.get("threshold", DEFAULT_THRESHOLD)
         target = resolve_device(device)
-        return cls(model.to(target), int(meta["image_size"]), float(chosen), target)
+        return cls(model.to(target), int(meta["image_size"]), settings.threshold, settings.tta, target)
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -96,7 +97,7 @@ class Predictor:
             ]
         )
         tensor = torch.from_numpy(batch.transpose(0, 3, 1, 2)).to(self.device)
-        probs = self.model(tensor).sigmoid()[:, 0].float().cpu().numpy()
+        probs = predict_logits(self.model, tensor, self.tta).sigmoid()[:, 0].float().cpu().numpy()
         return [
             cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
             for prob, image in zip(probs, images)
@@ -111,14 +112,6 @@ def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     foreground = mask > 0
     blended[foreground] = 0.5 * blended[foreground] + 0.5 * OVERLAY_COLOUR
     return blended.astype(np.uint8)
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", array)
-    if not ok:
-        raise DataError(f"{path}: cannot encode output")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encoded.tobytes())
 
 
 def predict_files(
@@ -144,9 +137,9 @@ def predict_files(
             while name in used_names:  # same stem from two folders: keep both
                 name += "_"
             used_names.add(name)
-            _write_png(out_dir / f"{name}.png", mask)
+            write_png(out_dir / f"{name}.png", mask)
             if with_overlay:
-                _write_png(out_dir / f"{name}_overlay.png", cv2.cvtColor(overlay(image, mask), cv2.COLOR_RGB2BGR))
+                write_png(out_dir / f"{name}_overlay.png", overlay(image, mask))
             written.append(out_dir / f"{name}.png")
             progress.update(1)
     progress.close()
@@ -156,10 +149,10 @@ def predict_files(
 def run(inputs: list[str], model_ref: str, out_dir: Path, *, threshold: float | None, batch_size: int,
         with_overlay: bool, device: str) -> int:
     files = list(expand_inputs(inputs))
-    with tempfile.TemporaryDirectory() as workdir:
-        predictor = Predictor.load(resolve_checkpoint(model_ref, Path(workdir)), threshold, device)
+    predictor = load_predictor(model_ref, threshold=threshold, device=device)
     written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
-    print(f"predict: wrote {len(written)} mask(s) to {out_dir} (threshold {predictor.threshold})")
+    print(f"predict: wrote {len(written)} mask(s) to {out_dir} (threshold {predictor.threshold:g}"
+          f"{', flip TTA' if predictor.tta else ''})")
     for failure in failures:
         print(f"predict: skipped {failure}")
     return 1 if failures else 0

@@ -10,11 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import requests
-import torch
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
 
 from .config import Config
 from .errors import TrackingError
@@ -24,6 +20,7 @@ TRACKING_DB = "mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 HEALTH_TIMEOUT_S = 5
 ARTIFACT_DIR = "mlartifacts"
+EVALUATION_ARTIFACTS = "evaluation"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -96,8 +93,6 @@ class RunInfo:
 
     run_id: str
     experiment_id: str
-    registered_model: str
-    model_version: str
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -125,36 +120,9 @@ class MlflowTracker:
             if int(row["epoch"]) not in logged:
                 self.log_epoch(row)
 
-    def register_model(self, model: torch.nn.Module, registered_model: str) -> str:
-        """Log ``model`` with MLflow's PyTorch flavour and register it; returns the new version.
-
-        Saved as a pickled module rather than MLflow's default ``pt2`` export: an exported
-        graph is traced at the example's batch and image size and refuses any other shape.
-        """
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
-            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
-        )
-        info = mlflow.pytorch.log_model(
-            model.cpu().eval(),
-            name="model",
-            serialization_format="pickle",
-            signature=signature,
-            pip_requirements=_requirements(),
-            registered_model_name=registered_model,
-        )
-        return str(info.registered_model_version)
-
     def log_checkpoint(self, path: Path) -> None:
-        """The checkpoint travels with the run, so ``predict --model models:/...`` can rebuild the model offline."""
+        """The best epoch's checkpoint stays with the run, also if evaluation (which registers the model) never runs."""
         mlflow.log_artifact(str(path), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.as_posix())
-
-
-def _requirements() -> list[str]:
-    # Stated rather than inferred: inference loads the model in a subprocess, which is slow.
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("torch", "segmentation-models-pytorch", "timm", "numpy")]
 
 
 @contextmanager
@@ -187,12 +155,9 @@ def _run_exists(run_id: str) -> bool:
 
 
 def log_to_run(run: RunInfo, metrics: dict[str, float], experiment: str, artifacts: list[Path] = ()) -> None:
-    """Add evaluation results to the training run (and tag the registered version with them)."""
+    """Add evaluation results (metrics, and files under ``evaluation/``) to the training run."""
     connect(experiment)
     with mlflow.start_run(run_id=run.run_id):
         mlflow.log_metrics(metrics)
         for path in artifacts:
-            mlflow.log_artifact(str(path))
-    client = mlflow.MlflowClient()
-    for key, value in metrics.items():
-        client.set_model_version_tag(run.registered_model, run.model_version, key, f"{value:.6g}")
+            mlflow.log_artifact(str(path), artifact_path=EVALUATION_ARTIFACTS)

@@ -1,20 +1,63 @@
-"""Stage evaluate: models/best.pt on the test split -> metrics/evaluate.json, logged to the training run."""
+"""Stage evaluate: models/best.pt -> threshold tuned on val, test metrics, per-image scores, gallery,
+model card; logged to the training run, registered as a version, champion alias decided."""
+
+import mlflow
 
 from pipeline import paths
+from pipeline.card import render_card
 from pipeline.cli import run_stage
 from pipeline.config import load_config
-from pipeline.evaluation import evaluate_checkpoint
-from pipeline.io import write_json
+from pipeline.data import read_split_info
+from pipeline.evaluation import PER_IMAGE_FIELDS, load_for_evaluation, predict_split
+from pipeline.gallery import CASES_EACH, render_gallery
+from pipeline.inference import InferenceSettings, file_digest
+from pipeline.io import write_csv, write_json, write_png, write_text
+from pipeline.registry import Contender, apply_decision, current_champion, decide_alias, register_model, version_tags
+from pipeline.thresholds import SWEEP_FIELDS, best_threshold, sweep
 from pipeline.tracking import RunInfo, log_to_run
 
 
 def main() -> None:
     cfg = load_config()
-    metrics = evaluate_checkpoint(paths.BEST_CHECKPOINT, paths.SPLIT_DIR, "test", cfg.evaluate.threshold)
-    write_json(paths.EVALUATE_METRICS, metrics)
     run = RunInfo.load(paths.RUN_INFO)
-    log_to_run(run, metrics, cfg.mlflow.experiment)
+    split_info = read_split_info(paths.SPLIT_DIR)
+    model, device = load_for_evaluation(paths.BEST_CHECKPOINT)
+
+    # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
+    val = predict_split(model, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
+    curve = sweep(val.logits, val.masks)
+    tuned = cfg.evaluate.threshold == "auto"
+    threshold = best_threshold(curve) if tuned else cfg.evaluate.threshold
+    test = predict_split(model, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
+    metrics = {**test.scores(threshold), "threshold": threshold,
+               "val_dice_at_threshold": val.metrics(threshold).compute()["dice"]}
+    per_image = test.per_image(threshold)
+    dice = [row["dice"] for row in per_image]
+
+    write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FIELDS)
+    write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
+    write_png(paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy() > 0, test.predicted_masks(threshold), test.ids, dice))
+    settings = InferenceSettings(threshold, cfg.evaluate.tta, file_digest(paths.BEST_CHECKPOINT))
+    settings.save_beside(paths.BEST_CHECKPOINT)
+    source = "maximises mean Dice on the validation split" if tuned else "fixed by evaluate.threshold"
+    card = render_card(
+        registered_model=cfg.mlflow.registered_model, run_id=run.run_id, params=cfg.flat(), split_info=split_info,
+        metrics=metrics, threshold_source=source, worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
+    )
+    write_text(paths.MODEL_CARD, card)
+    write_json(paths.EVALUATE_METRICS, metrics)
     print("evaluate: " + "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if not key.endswith("_pooled")))
+
+    log_to_run(run, metrics, cfg.mlflow.experiment,
+               artifacts=[paths.THRESHOLD_SWEEP, paths.TEST_PER_IMAGE, paths.GALLERY, paths.MODEL_CARD])
+    name = cfg.mlflow.registered_model
+    tags = version_tags(mlflow.get_run(run.run_id).data.tags, split_info, metrics)
+    version = register_model(run_id=run.run_id, name=name, checkpoint=paths.BEST_CHECKPOINT, card=paths.MODEL_CARD,
+                             settings=settings, tags=tags)
+    decision = decide_alias(Contender(version, metrics["test_dice"], tags["test_set"]), current_champion(name))
+    apply_decision(name, run.run_id, decision)
+    write_json(paths.REGISTRY_DECISION, {"registered_model": name, **decision.to_dict()})
+    print(f"evaluate: registered {name} version {version}; alias {decision.alias}: {decision.reason}")
 
 
 if __name__ == "__main__":

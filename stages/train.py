@@ -1,4 +1,4 @@
-"""Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run, registered model.
+"""Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run.
 
 Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
 """
@@ -7,7 +7,6 @@ from pipeline import distributed, paths
 from pipeline.cli import run_stage
 from pipeline.config import Config, load_config
 from pipeline.io import write_csv, write_json
-from pipeline.model import load_model
 from pipeline.tracking import RunInfo, connect, git_commit, training_run
 from pipeline.training import HISTORY_FIELDS, NoTracker, TrainingSession, summary
 
@@ -24,11 +23,10 @@ def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> 
         write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
         write_json(paths.TRAIN_METRICS, summary(state))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
-        best_model, _ = load_model(paths.BEST_CHECKPOINT)
-        version = tracker.register_model(best_model, cfg.mlflow.registered_model)
-    run = RunInfo(tracker.run_id, tracker.experiment_id, cfg.mlflow.registered_model, version)
+    run = RunInfo(tracker.run_id, tracker.experiment_id)
     run.save(paths.RUN_INFO)
-    print(f"train: best epoch {state.best_epoch}; registered {cfg.mlflow.registered_model} version {version} (run {run.run_id})")
+    # The evaluate stage registers the model, once its threshold and test metrics are known.
+    print(f"train: best epoch {state.best_epoch} (run {run.run_id})")
 
 
 def main() -> None:

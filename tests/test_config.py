@@ -13,7 +13,7 @@ def test_committed_params_load_with_the_documented_defaults():
     assert (cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed) == (0.2, 0.1, 42)
     assert (cfg.model.arch, cfg.model.encoder_weights) == ("Unet", "imagenet")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed) == (25, 16, 0.003, 42)
-    assert cfg.evaluate.threshold == 0.5
+    assert (cfg.evaluate.threshold, cfg.evaluate.tta) == ("auto", False)
     assert cfg.mlflow.registered_model == "human-segmentation-unet"
     assert cfg.data.source.startswith("https://github.com/parth1620/Human-Segmentation-Dataset-master/")
 
@@ -32,7 +32,10 @@ def test_flat_names_every_parameter_once(params):
         ("train", "device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data", "image_size", 100, "data.image_size: must be a multiple of 32"),
         ("split", "val_fraction", 1.5, "split.val_fraction: Input should be less than 1"),
-        ("evaluate", "threshold", 0, "evaluate.threshold: Input should be greater than 0"),
+        ("evaluate", "threshold", 0, "evaluate.threshold: must be 'auto' (tuned on the validation split) or a probability"),
+        ("evaluate", "threshold", 1.0, "evaluate.threshold: must be 'auto'"),
+        ("evaluate", "threshold", "best", "evaluate.threshold: must be 'auto'"),
+        ("evaluate", "tta", "yes", "evaluate.tta: Input should be a valid boolean"),
         ("model", "arch", "NoSuchNet", "model.arch: unknown architecture 'NoSuchNet'"),
         ("model", "encoder", "resnet9000", "model.encoder: unknown encoder 'resnet9000'"),
         ("model", "encoder", "tu-not_a_timm_model", "model.encoder: timm has no model 'not_a_timm_model'"),
@@ -44,6 +47,13 @@ def test_invalid_values_fail_naming_the_key(params, section, key, value, expecte
     with pytest.raises(ConfigError) as caught:
         parse_config(params)
     assert expected in str(caught.value)
+
+
+def test_threshold_accepts_auto_or_a_probability(params):
+    params["evaluate"]["threshold"] = 0.4
+    assert parse_config(params).evaluate.threshold == 0.4
+    params["evaluate"]["threshold"] = "auto"
+    assert parse_config(params).evaluate.threshold == "auto"
 
 
 def test_missing_key_and_unknown_section_are_both_reported(params):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
@@ -12,7 +13,6 @@ import cv2
 import mlflow
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import copy_project, load_params, tiny_params, write_params
 from tests.httpserver import FileServer
@@ -76,7 +76,18 @@ def test_metrics_files_hold_sane_numbers(project):
     for name in ("test_dice", "test_iou", "test_pixel_accuracy", "test_precision", "test_recall"):
         assert 0 <= evaluation[name] <= 1, name
     assert evaluation["test_dice"] > 0.3  # a foreground-everywhere guess scores about 0.4; anything sane is near it
-    assert evaluation["threshold"] == 0.5
+    # evaluate.threshold is `auto`: the sweep's best on val, stored beside the checkpoint for predict.
+    sweep = list(csv.DictReader((project / "metrics" / "threshold_sweep.csv").open()))
+    assert len(sweep) == 19
+    best = max(sweep, key=lambda row: float(row["dice"]))
+    assert float(best["dice"]) == pytest.approx(evaluation["val_dice_at_threshold"])
+    assert read_json(project / "models" / "inference.json")["threshold"] == evaluation["threshold"]
+    per_image = list(csv.DictReader((project / "metrics" / "test_per_image.csv").open()))
+    assert list(per_image[0]) == ["id", "dice", "iou", "foreground_fraction"] and len(per_image) == 29
+    assert np.mean([float(row["dice"]) for row in per_image]) == pytest.approx(evaluation["test_dice"])
+    assert cv2.imread(str(project / "metrics" / "gallery.png")).shape[1] > 700
+    card = (project / "models" / "model_card.md").read_text()
+    assert read_json(project / "data" / "split" / "split.json")["data_hash"] in card and "Intended use" in card
     history = (project / "metrics" / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr,epoch_seconds" and len(history) == 3
 
@@ -92,18 +103,23 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["git_commit"] != "unknown"
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
+    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert logged == {f"evaluation/{name}" for name in ("gallery.png", "model_card.md", "test_per_image.csv", "threshold_sweep.csv")}
 
 
-def test_registered_model_loads_and_predicts_any_batch_and_size(project, client):
-    run_info = read_json(project / "models" / "run.json")
-    version = client.get_model_version("human-segmentation-unet", run_info["model_version"])
-    assert version.run_id == run_info["run_id"]
-    model = mlflow.pytorch.load_model(f"models:/human-segmentation-unet/{run_info['model_version']}")
-    with torch.no_grad():
-        assert model(torch.zeros(3, 3, 64, 64)).shape == (3, 1, 64, 64)
-        assert model(torch.zeros(1, 3, 96, 128)).shape == (1, 1, 96, 128)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/human-segmentation-unet/{run_info['model_version']}")
-    assert pyfunc.predict(np.zeros((2, 3, 160, 96), np.float32)).shape == (2, 1, 160, 96)
+def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(project, client):
+    decision = read_json(project / "models" / "registry.json")
+    assert (decision["version"], decision["alias"], decision["champion_version"]) == ("1", "champion", None)
+    version = client.get_model_version("human-segmentation-unet", "1")
+    run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
+    assert version.run_id == run.info.run_id
+    assert {key: version.tags[key] for key in ("data_hash", "git_commit")} == {key: run.data.tags[key] for key in ("data_hash", "git_commit")}
+    evaluation = read_json(project / "metrics" / "evaluate.json")
+    assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
+    model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
+    assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
+    assert [mask.shape for mask in model.predict(np.zeros((3, 64, 64, 3)))] == [(64, 64)] * 3
+    assert [mask.shape for mask in model.predict(np.zeros((1, 96, 130, 3)))] == [(96, 130)]
 
 
 def test_repro_again_runs_nothing(project):
@@ -115,6 +131,12 @@ def test_changing_lr_reruns_train_and_evaluate_only(project, client):
     assert repro(project) == {"train", "evaluate"}
     versions = client.search_model_versions("name='human-segmentation-unet'")
     assert len(versions) == 2
+    # Same test set: version 2 is champion exactly when its test Dice beats version 1's.
+    decision = read_json(project / "models" / "registry.json")
+    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["test_dice"])
+    assert decision["champion_version"] == "1" and decision["champion_test_dice"] == first_dice
+    assert decision["alias"] == ("champion" if decision["test_dice"] > first_dice else "challenger")
+    assert client.get_registered_model("human-segmentation-unet").aliases[decision["alias"]] == 2
 
 
 def test_changing_threshold_reruns_evaluate_only(project):
@@ -126,6 +148,8 @@ def test_changing_threshold_reruns_evaluate_only(project):
 def test_changing_split_seed_reruns_all_but_fetch(project):
     set_param(project, "split", "seed", 7)
     assert repro(project) == {"split", "train", "evaluate"}
+    decision = read_json(project / "models" / "registry.json")
+    assert decision["alias"] == "challenger" and "other test data" in decision["reason"]
 
 
 def test_predict_cli_writes_masks_at_original_size(project, tmp_path):

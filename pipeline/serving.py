@@ -1,0 +1,120 @@
+"""The registered model: an MLflow pyfunc, logged as code, that takes images and returns masks.
+
+MLflow runs this file to load the model (models-from-code), so imports are absolute and the
+last line hands MLflow the model object. The network is rebuilt from the checkpoint logged
+beside it, so the model accepts any batch and any image size, like ``predict``.
+
+Request bodies ``mlflow models serve`` accepts (POST /invocations, JSON):
+
+- ``{"inputs": ["<base64 of a JPEG/PNG/... file>", ...]}`` or
+  ``{"dataframe_split": {"columns": ["image"], "data": [["<base64>"], ...]}}``:
+  each answer is the mask as a base64-encoded PNG (0 background, 255 foreground) at the
+  image's size;
+- ``{"inputs": <N x H x W x 3 (or 4, or no channel axis) pixel values 0-255>}``:
+  each answer is an H x W array of 0/255.
+
+Anything else is answered with HTTP 400 and a message saying what is wrong with which image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from pipeline.data import decode_image
+from pipeline.errors import DataError
+from pipeline.inference import InferenceSettings
+from pipeline.predict import Predictor
+
+IMAGE_COLUMN = "image"
+
+
+class BadPayload(MlflowException):
+    """A request the model cannot answer; MLflow's server turns the error code into HTTP 400."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _pixels(array: np.ndarray, where: str) -> np.ndarray:
+    """An RGB uint8 image from a pixel array of shape HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped)."""
+    if not np.issubdtype(array.dtype, np.number) or array.ndim not in (2, 3):
+        raise BadPayload(f"{where}: expected pixel values of shape HxW or HxWxC, got {array.dtype} {array.shape}")
+    if array.ndim == 3 and array.shape[2] not in (1, 3, 4):
+        raise BadPayload(f"{where}: expected 1, 3 or 4 channels, got {array.shape[2]}")
+    if array.size == 0 or array.min() < 0 or array.max() > 255:
+        raise BadPayload(f"{where}: pixel values must lie in 0-255")
+    image = array.astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def _decoded(item: str | bytes, where: str) -> np.ndarray:
+    try:
+        data = base64.b64decode(item, validate=True) if isinstance(item, str) else bytes(item)
+    except (binascii.Error, ValueError):
+        raise BadPayload(f"{where}: not valid base64") from None
+    try:
+        return decode_image(data, where)
+    except DataError as exc:
+        raise BadPayload(str(exc)) from None
+
+
+def read_images(model_input: object) -> tuple[list[np.ndarray], bool]:
+    """The RGB images in a request, and whether they came encoded (so answers are encoded too)."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN not in model_input.columns:
+            raise BadPayload(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, got columns {list(model_input.columns)}")
+        items = list(model_input[IMAGE_COLUMN])
+    elif isinstance(model_input, np.ndarray) and not np.issubdtype(model_input.dtype, np.number):
+        items = list(model_input.reshape(-1)) if model_input.ndim <= 1 else None
+        if items is None:
+            raise BadPayload(f"expected a list of base64-encoded images, got an array of shape {model_input.shape}")
+    elif isinstance(model_input, np.ndarray):
+        if model_input.ndim not in (3, 4):
+            raise BadPayload(f"expected a batch of images, N x H x W (x C), got shape {model_input.shape}")
+        items = list(model_input)
+    elif isinstance(model_input, (list, tuple)):
+        items = list(model_input)
+    else:
+        raise BadPayload(f"expected images as base64 strings or pixel arrays, got {type(model_input).__name__}")
+    if not items:
+        raise BadPayload("the request holds no images")
+    encoded = [isinstance(item, (str, bytes)) for item in items]
+    if any(encoded) and not all(encoded):
+        raise BadPayload("mix of encoded images and pixel arrays in one request; send one kind")
+    if all(encoded):
+        return [_decoded(item, f"image {index}") for index, item in enumerate(items)], True
+    return [_pixels(np.asarray(item), f"image {index}") for index, item in enumerate(items)], False
+
+
+def encode_png(mask: np.ndarray) -> str:
+    ok, data = cv2.imencode(".png", mask)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode a mask as PNG")
+    return base64.b64encode(data.tobytes()).decode("ascii")
+
+
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        settings = InferenceSettings(**context.model_config)
+        self.predictor = Predictor.load(Path(context.artifacts["checkpoint"]), settings)
+
+    # model_input is left unannotated on purpose: MLflow would otherwise derive a signature
+    # from the annotation and reject the other accepted payload forms before they get here.
+    def predict(self, context, model_input, params=None) -> list:
+        images, encoded = read_images(model_input)
+        masks = self.predictor.masks(images)
+        return [encode_png(mask) for mask in masks] if encoded else masks
+
+
+mlflow.models.set_model(SegmentationModel())

@@ -1,0 +1,42 @@
+"""A tiny checkpoint and a throwaway MLflow store with registered versions, for registry, predict and serving tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.inference import InferenceSettings, file_digest
+from pipeline.model import build_model, save_checkpoint
+from pipeline.registry import register_model
+
+TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
+NAME = "test-unet"
+
+
+def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32) -> Path:
+    torch.manual_seed(seed)
+    save_checkpoint(path, build_model(TINY_MODEL), TINY_MODEL, image_size=image_size)
+    return path
+
+
+def use_store(root: Path) -> str:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name("tests") is None:
+        mlflow.create_experiment("tests", artifact_location=(root / "artifacts").as_uri())
+    return uri
+
+
+def register(root: Path, checkpoint: Path, *, threshold: float, tta: bool = False, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """A finished run holding ``checkpoint``, registered as a new version of NAME; returns (run id, version)."""
+    use_store(root)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
+        pass
+    card = root / "card.md"
+    card.write_text("# card\n")
+    settings = InferenceSettings(threshold, tta, file_digest(checkpoint))
+    version = register_model(run_id=run.info.run_id, name=NAME, checkpoint=checkpoint, card=card, settings=settings, tags=tags or {})
+    return run.info.run_id, version

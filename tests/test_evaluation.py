@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import SplitPredictions
+from pipeline.gallery import FALSE_NEGATIVE, FALSE_POSITIVE, PANEL, TRUE_POSITIVE, pick_cases, render_gallery
+from pipeline.inference import predict_logits
+from pipeline.thresholds import SWEEP_THRESHOLDS, best_threshold, sweep
+
+
+def logits_of(probabilities: list[float]) -> torch.Tensor:
+    p = torch.tensor(probabilities, dtype=torch.float64)
+    return torch.log(p / (1 - p)).float().reshape(1, 1, 1, -1)
+
+
+def test_sweep_scores_each_threshold_and_picks_the_best_dice():
+    # Truth: the first two pixels. Only a cut-off in (0.58, 0.62] separates them from the rest.
+    logits = logits_of([0.9, 0.62, 0.58, 0.1])
+    truth = torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 1, -1)
+    rows = {row["threshold"]: row for row in sweep(logits, truth)}
+    assert list(rows) == list(SWEEP_THRESHOLDS)
+    assert rows[0.5]["dice"] == pytest.approx(0.8)  # TP 2, FP 1: 4 / 5
+    assert rows[0.5]["iou"] == pytest.approx(2 / 3)
+    assert rows[0.6]["dice"] == 1.0
+    assert rows[0.7]["dice"] == pytest.approx(2 / 3)  # TP 1, FN 1
+    assert best_threshold(list(rows.values())) == 0.6
+
+
+def test_a_plateau_resolves_to_the_threshold_nearest_one_half():
+    rows = [{"threshold": t, "dice": d, "iou": 0.0} for t, d in [(0.2, 0.9), (0.35, 0.95), (0.45, 0.95), (0.7, 0.95)]]
+    assert best_threshold(rows) == 0.45
+
+
+def test_flip_tta_averages_the_mirrored_prediction():
+    ramp = torch.arange(4.0)
+
+    def model(images: torch.Tensor) -> torch.Tensor:  # not mirror-symmetric: adds 0..3 left to right
+        return images[:, :1] + ramp
+
+    images = torch.zeros(2, 3, 2, 4)
+    assert predict_logits(model, images, tta=False)[0, 0, 0].tolist() == [0, 1, 2, 3]
+    assert predict_logits(model, images, tta=True)[0, 0, 0].tolist() == [1.5, 1.5, 1.5, 1.5]
+
+
+def test_per_image_rows_hold_dice_iou_and_foreground_fraction():
+    truth = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]).reshape(2, 1, 1, 4)
+    logits = torch.cat([logits_of([0.9, 0.2, 0.8, 0.1]), logits_of([0.1, 0.1, 0.1, 0.1])])
+    predictions = SplitPredictions("test", ["a", "b"], np.zeros((2, 1, 4, 3), np.uint8), truth, logits, loss=0.0)
+    rows = predictions.per_image(0.5)
+    assert [row["id"] for row in rows] == ["a", "b"]
+    assert rows[0]["dice"] == pytest.approx(0.5) and rows[0]["iou"] == pytest.approx(1 / 3)
+    assert rows[0]["foreground_fraction"] == 0.5
+    assert rows[1] == {"id": "b", "dice": 1.0, "iou": 1.0, "foreground_fraction": 0.0}  # empty and predicted empty
+    assert predictions.predicted_masks(0.5)[0, 0].tolist() == [True, False, True, False]
+    assert predictions.scores(0.5)["test_dice"] == pytest.approx(0.75)
+
+
+def test_gallery_picks_worst_then_best_without_repeats():
+    assert pick_cases([0.5, 0.1, 0.9, 0.3, 0.7], count=2) == [("worst 1", 1), ("worst 2", 3), ("best 1", 2), ("best 2", 4)]
+    assert pick_cases([0.4, 0.2, 0.6], count=4) == [("worst 1", 1), ("best 1", 2)]
+
+
+def test_gallery_colours_false_positives_and_negatives_differently():
+    images = np.full((2, 8, 8, 3), 200, np.uint8)
+    truth = np.zeros((2, 8, 8), bool)
+    truth[:, :, :4] = True  # left half is the person
+    prediction = np.zeros((2, 8, 8), bool)
+    prediction[:, :4, :] = True  # top half predicted
+    gallery = render_gallery(images, truth, prediction, ["x", "y"], [0.2, 0.8])
+    assert gallery.shape[1] == 3 * PANEL + 4 * 6
+    row_top = gallery.shape[0] - PANEL - 6  # the last row's panels
+    third = 6 + 2 * (PANEL + 6)
+    quarter = PANEL // 4
+
+    def colour_at(y: int, x: int) -> np.ndarray:
+        return gallery[row_top + y, third + x].astype(int)
+
+    def closest(pixel: np.ndarray) -> tuple[int, int, int]:
+        return min((TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE), key=lambda c: np.abs(pixel - np.array(c)).sum())
+
+    assert closest(colour_at(quarter, quarter)) == TRUE_POSITIVE  # top left: true and predicted
+    assert closest(colour_at(quarter, 3 * quarter)) == FALSE_POSITIVE  # top right: predicted only
+    assert closest(colour_at(3 * quarter, quarter)) == FALSE_NEGATIVE  # bottom left: missed
+    assert (colour_at(3 * quarter, 3 * quarter) == 120).all()  # bottom right: dimmed photo, no tint
+
+
+def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
+    from pipeline.card import METRIC_NAMES, render_card
+    from pipeline.config import parse_config
+
+    metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_NAMES for suffix in ("", "_pooled")}
+    metrics.update(test_dice=0.8125, threshold=0.35)
+    split_info = {"data_hash": "f" * 64, "image_size": 320, "counts": {"train": 203, "val": 58, "test": 29}}
+    card = render_card(
+        registered_model="m", run_id="r1", params=parse_config(params).flat(), split_info=split_info, metrics=metrics,
+        threshold_source="maximises mean Dice on the validation split", worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
+    )
+    assert "f" * 64 in card and "203 train, 58 validation,\n29 test images" in card
+    assert "at least **0.35** (maximises mean Dice on the validation split)" in card
+    assert "| dice | 0.8125 | 0.5000 |" in card
+    assert "`260`: Dice 0.267, person covers 12% of the image" in card
+    assert "## Intended use" in card and "## Known limits" in card and "| `train.lr` | `0.003` |" in card

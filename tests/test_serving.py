@@ -1,0 +1,188 @@
+"""The registered model as a pyfunc: in process, through `predict`, and behind `mlflow models serve`."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data import decode_image
+from pipeline.inference import InferenceSettings
+from pipeline.predict import Predictor, load_predictor
+from pipeline.serving import BadPayload, read_images
+from tests.conftest import PROJECT_ROOT
+from tests.modelstore import NAME, register, tiny_checkpoint, use_store
+
+THRESHOLD = 0.45
+CHAMPION_URI = f"models:/{NAME}@champion"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store whose champion is a tiny random-weight model registered with threshold 0.45 and TTA."""
+    root = tmp_path_factory.mktemp("store")
+    checkpoint = tiny_checkpoint(root / "best.pt")
+    register(root, checkpoint, threshold=THRESHOLD, tta=True)
+    mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
+    return root, checkpoint
+
+
+@pytest.fixture(scope="module")
+def photo(shared_zip) -> bytes:
+    with zipfile.ZipFile(shared_zip) as archive:
+        name = next(n for n in sorted(archive.namelist()) if n.lower().endswith(".jpg"))
+        return archive.read(name)
+
+
+@pytest.fixture
+def reference(store) -> Predictor:
+    """What the served model must answer: the checkpoint applied with the registered settings."""
+    return Predictor.load(store[1], InferenceSettings(THRESHOLD, True, ""), "cpu")
+
+
+def test_pyfunc_returns_masks_for_encoded_images_and_pixel_arrays(store, photo, reference):
+    use_store(store[0])
+    model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    image = decode_image(photo, "photo")
+    encoded = model.predict(pd.DataFrame({"image": [base64.b64encode(photo).decode()]}))
+    mask = decode_image(base64.b64decode(encoded[0]), "answer")[:, :, 0]
+    assert mask.shape == image.shape[:2]
+    assert np.array_equal(mask, reference.masks([image])[0])
+    small = np.random.default_rng(0).integers(0, 256, (3, 40, 72, 3)).astype(np.float64)
+    masks = model.predict(small)
+    assert [m.shape for m in masks] == [(40, 72)] * 3 and set(np.unique(masks)) <= {0, 255}
+
+
+def test_predict_uses_the_registered_threshold_and_tta(store):
+    use_store(store[0])
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    try:
+        predictor = load_predictor(CHAMPION_URI, threshold=None, device="cpu")
+        assert (predictor.threshold, predictor.tta) == (THRESHOLD, True)
+        assert load_predictor(CHAMPION_URI, threshold=0.3, device="cpu").threshold == 0.3
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+
+
+def test_predict_reads_settings_beside_the_checkpoint_only_for_that_checkpoint(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    InferenceSettings(0.35, True, "0" * 64).save_beside(checkpoint)  # written for another checkpoint
+    assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
+    assert "no evaluated settings beside" in capsys.readouterr().out
+    from pipeline.inference import file_digest
+
+    InferenceSettings(0.35, True, file_digest(checkpoint)).save_beside(checkpoint)
+    predictor = load_predictor(str(checkpoint), threshold=None, device="cpu")
+    assert (predictor.threshold, predictor.tta) == (0.35, True)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (np.array(["not base64!"]), "image 0: not valid base64"),
+        (np.array([base64.b64encode(b"plain text").decode()]), "image 0: cannot be decoded as an image"),
+        (pd.DataFrame({"photo": ["x"]}), "expected a column 'image'"),
+        (np.zeros((2, 8, 8, 2)), "image 0: expected 1, 3 or 4 channels, got 2"),
+        (np.full((1, 8, 8, 3), 300.0), "image 0: pixel values must lie in 0-255"),
+        (np.zeros((4, 4)), "expected a batch of images"),
+        (["aGk=", np.zeros((4, 4, 3))], "mix of encoded images and pixel arrays"),
+        (np.array([], dtype=str), "the request holds no images"),
+    ],
+)
+def test_bad_payloads_are_rejected_with_a_clear_message(payload, message):
+    with pytest.raises(BadPayload, match=message) as caught:
+        read_images(payload)
+    assert caught.value.get_http_status_code() == 400
+
+
+def test_grayscale_and_rgba_arrays_become_rgb():
+    images, encoded = read_images([np.zeros((5, 6)), np.zeros((5, 6, 4))])
+    assert not encoded and [image.shape for image in images] == [(5, 6, 3), (5, 6, 3)]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _post(url: str, body: object) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.fixture
+def server(store, tmp_path):
+    """`mlflow models serve` on a free loopback port; stopped (its whole process group) whatever the outcome."""
+    root, _ = store
+    port = _free_port()
+    log = (tmp_path / "server.log").open("wb")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PYTHONPATH": str(PROJECT_ROOT),
+           # MLflow starts `uvicorn` by name: this interpreter's environment must come first on PATH.
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
+         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the group is gone if the server died
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_served_model_answers_invocations_and_rejects_bad_payloads(server, photo, reference):
+    status, answer = _post(f"{server}/invocations", {"inputs": [base64.b64encode(photo).decode()]})
+    assert status == 200, answer
+    mask = decode_image(base64.b64decode(answer["predictions"][0]), "answer")[:, :, 0]
+    assert np.array_equal(mask, reference.masks([decode_image(photo, "photo")])[0])
+
+    status, answer = _post(f"{server}/invocations", {"inputs": np.zeros((1, 33, 47, 3)).tolist()})
+    assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 33, 47)
+
+    status, answer = _post(f"{server}/invocations", {"inputs": ["not base64!"]})
+    assert status == 400 and "image 0: not valid base64" in answer["message"]
+    status, answer = _post(f"{server}/invocations", {"dataframe_split": {"columns": ["photo"], "data": [["x"]]}})
+    assert status == 400 and "expected a column 'image'" in answer["message"]
+    status, answer = _post(f"{server}/invocations", {"something": 1})
+    assert status == 400
