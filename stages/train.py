@@ -1,12 +1,15 @@
 """Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run, registered model."""
 
+import mlflow
+
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.config import load_config
-from pipeline.io import write_csv, write_json
+from pipeline.io import read_json, write_csv, write_json
 from pipeline.model import load_model
 from pipeline.tracking import RunInfo, git_commit, training_run
 from pipeline.training import HISTORY_FIELDS, TrainingSession, summary
+from pipeline.report import report_headline
 
 
 def main() -> None:
@@ -22,6 +25,7 @@ def main() -> None:
         state = session.fit(tracker)
         write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
         write_json(paths.TRAIN_METRICS, summary(state))
+        mlflow.log_metrics(report_headline(read_json(paths.DATA_REPORT)))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
         best_model, _ = load_model(paths.BEST_CHECKPOINT)
         version = tracker.register_model(best_model, cfg.mlflow.registered_model)
