@@ -172,23 +172,44 @@ def pair_csvs(root: Path) -> list[Path]:
     return [path for path in candidates if (rows := _read_rows(path)) and _pair_columns(rows[0])]
 
 
-def _resolve_listed(entry: str, csv_dir: Path, root: Path) -> Path | None:
-    """The file a CSV entry means, inside ``root``.
+def _files_by_name(root: Path) -> dict[str, list[tuple[str, ...]]]:
+    index: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            parts = path.relative_to(root).parts
+            index[parts[-1]].append(parts)
+    return index
+
+
+def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
+    count = 0
+    while count < min(len(a), len(b)) and a[-1 - count] == b[-1 - count]:
+        count += 1
+    return count
+
+
+def _resolve_listed(entry: str, root: Path, files: dict[str, list[tuple[str, ...]]]) -> Path | str:
+    """The file under ``root`` that a CSV entry means, or why there is none.
 
     Listed paths often carry a prefix that no longer exists (the reference CSV says
     ``Human-Segmentation-Dataset-master/...`` while the archive's folder is
-    ``...-master-master/``) or are absolute paths from the author's machine; leading parts
-    are dropped until the rest names a file. Parent references never count.
+    ``...-master-master/``), or are absolute paths from the author's machine. So the entry
+    is matched against the files actually present: same name, and the longest run of
+    trailing folders in common. Only files inside ``root`` are candidates.
     """
-    parts = [part for part in PurePosixPath(entry.strip().replace("\\", "/")).parts if part not in ("/", ".")]
-    if not parts or ".." in parts or ":" in parts[0]:
-        return None
-    for start in range(len(parts)):
-        for base in (csv_dir, root):
-            candidate = base.joinpath(*parts[start:])
-            if candidate.is_file() and candidate.resolve().is_relative_to(root.resolve()):
-                return candidate
-    return None
+    parts = PurePosixPath(entry.strip().replace("\\", "/")).parts
+    if not parts:
+        return "is empty"
+    if ".." in parts:
+        return "leaves the dataset folder"
+    candidates = files.get(parts[-1], [])
+    if not candidates:
+        return "not found"
+    best = max(_common_tail(parts, candidate) for candidate in candidates)
+    tied = [candidate for candidate in candidates if _common_tail(parts, candidate) == best]
+    if len(tied) > 1:
+        return f"matches several files ({', '.join('/'.join(candidate) for candidate in tied)})"
+    return root.joinpath(*tied[0])
 
 
 def from_csv(root: Path, csv_path: Path) -> Inventory:
@@ -200,15 +221,16 @@ def from_csv(root: Path, csv_path: Path) -> Inventory:
             f"and one mask column ({', '.join(sorted(MASK_COLUMNS))})"
         )
     inventory = Inventory({"kind": "csv", "csv": _relative(csv_path, root)})
+    files = _files_by_name(root)
     listed: dict[str, list[tuple[Path, Path]]] = defaultdict(list)
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         entries = [row[index] if index < len(row) else "" for index in columns]
-        resolved = [_resolve_listed(entry, csv_path.parent, root) for entry in entries]
-        missing = [f"{role} {entry!r}" for role, entry, path in zip(("image", "mask"), entries, resolved) if path is None]
-        if missing:
-            inventory.bad.append(BadSample("missing_file", (csv_path,), f"line {line}: {' and '.join(missing)} not found"))
+        resolved = [_resolve_listed(entry, root, files) for entry in entries]
+        problems = [f"{role} {entry!r} {found}" for role, entry, found in zip(("image", "mask"), entries, resolved) if isinstance(found, str)]
+        if problems:
+            inventory.bad.append(BadSample("missing_file", (csv_path,), f"line {line}: {'; '.join(problems)}"))
             continue
         image, mask = resolved
         listed[image.stem].append((image, mask))

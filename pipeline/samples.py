@@ -44,18 +44,18 @@ def _check_decodable(data: bytes, path) -> np.ndarray:
     """The file's pixels as stored (true depth and channels, no rotation), or a rejection naming why."""
     if not data:
         raise _Rejected("empty_file", path, "empty file (0 bytes)")
-    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise _Rejected("unreadable", path, "not a readable image (unknown format or corrupt)")
     try:
-        # OpenCV decodes a truncated JPEG without complaint, filling the rest with grey;
-        # Pillow's full decode is the one that notices.
+        # Some OpenCV versions decode a truncated JPEG without complaint, filling the rest
+        # with grey; Pillow's full decode always notices.
         with Image.open(io.BytesIO(data)) as image:
             image.load()
     except UnidentifiedImageError:
-        pass  # a format only OpenCV knows; it decoded the file above
+        pass  # not a format Pillow knows: OpenCV decides below
     except (OSError, SyntaxError, ValueError) as exc:
         raise _Rejected("truncated", path, f"truncated or corrupt image ({exc})") from None
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise _Rejected("unreadable", path, "not a readable image (unknown format or corrupt)")
     if raw.dtype not in (np.uint8, np.uint16):
         raise _Rejected("unsupported_pixels", path, f"{raw.dtype} pixels; only 8- and 16-bit images are supported")
     return raw

@@ -26,7 +26,7 @@ def synthetic_count(source: str) -> int | None:
     """N for ``synthetic`` or ``synthetic:N``; None for any other source."""
     if source != PREFIX and not source.startswith(f"{PREFIX}:"):
         return None
-    count = source.partition(":")[2] or str(DEFAULT_COUNT)
+    count = str(DEFAULT_COUNT) if source == PREFIX else source.removeprefix(f"{PREFIX}:")
     if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
         raise FetchError(f"data.source: {source!r}: write synthetic or synthetic:N with N a whole number from 1 to {MAX_COUNT}")
     return int(count)
