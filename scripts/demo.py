@@ -108,7 +108,7 @@ def main() -> None:
     run(*git, "commit", "-qm", "demo: first run", env=env)
 
     step("an experiment with another learning rate: only train and evaluate run again")
-    run("dvc", "exp", "run", "-S", "train.lr=0.01", env=env)
+    run("dvc", "exp", "run", "-S", "train.lr=0.001", env=env)
     run("dvc", "exp", "show", "--no-pager", "--only-changed", env=env)
     run("dvc", "metrics", "show", env=env)
 
