@@ -22,11 +22,11 @@ from ruamel.yaml import YAML
 PROJECT = Path(__file__).resolve().parents[1]
 DEMO = PROJECT / "demo"
 
-# Small enough for about a minute of training on two CPU cores, big enough to learn the shapes.
+# About a minute of training on two idle CPU cores (two trainings), enough to see the shapes learnt.
 DEMO_PARAMS = {
     "data": {"source": "synthetic:96", "manifest": None, "image_size": 64},
     "model": {"encoder": "resnet18", "encoder_weights": None},
-    "train": {"epochs": 4, "batch_size": 16, "num_workers": 0},
+    "train": {"epochs": 12, "batch_size": 16, "num_workers": 0},
     "mlflow": {"experiment": "synthetic-demo", "registered_model": "synthetic-shapes-unet"},
 }
 
