@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from . import archive, synthetic
 from .errors import FetchError
 from .download import DownloadError, download
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, read_json
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
