@@ -1,4 +1,4 @@
-# `make repro` and `make test` each build .venv on first use, then do their job.
+# `make repro`, `make demo` and `make test` each build .venv on first use, then do their job.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test bench clean-venv
+.PHONY: repro demo test bench clean-venv
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(INSTALLED): pyproject.toml
 
 repro: $(INSTALLED)
 	$(BIN)/dvc repro
+
+# The whole pipeline offline on generated data, in a scratch copy (demo/); see scripts/demo.py.
+demo: $(INSTALLED)
+	$(BIN)/python scripts/demo.py
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

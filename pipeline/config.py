@@ -26,6 +26,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     source: str = Field(min_length=1)
     manifest: str | None
+    # How split finds pairs in data/raw: auto, csv, csv:<file>, folders, folders:<images>,<masks>.
+    layout: str = Field(pattern=r"^(auto|csv|folders|csv:[^,]+|folders:[^,]+,[^,]+)$")
+    on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
 
     @field_validator("image_size")

@@ -1,4 +1,4 @@
-"""Fetch a dataset from a URL, archive or folder into ``data/raw/`` and verify its content."""
+"""Fetch a dataset from a URL, archive or folder (or generate the synthetic one) into ``data/raw/`` and verify its content."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import archive
+from . import archive, synthetic
 from .errors import FetchError
 from .download import DownloadError, download
-from .io import atomic_dir, read_json, write_json
+from .io import atomic_dir, read_json
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
@@ -21,7 +21,9 @@ JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
 OFFLINE_HINT = (
     "To use a local copy instead, point data.source at a .zip, .tar.gz or folder, e.g.\n"
     "  dvc exp run -S data.source=../shared/datasets/human-segmentation-dataset-master.zip\n"
-    "or edit data.source in params.yaml."
+    "or edit data.source in params.yaml. With no data at hand, the generated dataset needs no network:\n"
+    "  dvc exp run -S data.source=synthetic -S data.manifest=null -S model.encoder_weights=null\n"
+    "(or `make demo`, which runs the whole pipeline on it in a separate copy of the project)."
 )
 
 
@@ -77,21 +79,34 @@ def verify_manifest(root: Path, manifest_path: Path) -> None:
 
 def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: Path) -> Path:
     """Materialise ``source`` as ``dest`` (replaced atomically), verified against ``manifest``."""
+    count = synthetic.synthetic_count(source)
+    if count is not None and manifest is not None:
+        raise FetchError(
+            f"data.source is {source!r}, generated on the spot: there is nothing to check data.manifest against; "
+            "set data.manifest: null"
+        )
     with atomic_dir(dest) as staging:
-        unpacked = staging / ".unpack"
-        root = _unpack(source, unpacked, cache_dir)
-        for child in root.iterdir():
-            os.replace(child, staging / child.name)
-        shutil.rmtree(unpacked)
-        if manifest is not None:
-            try:
-                verify_manifest(staging, manifest)
-            except FetchError:
-                if is_url(source):
-                    # A corrupt cached download must not be reused by the next attempt.
-                    _cached_download(source, cache_dir).unlink(missing_ok=True)
-                raise
+        if count is not None:
+            synthetic.generate(staging, count)
+        else:
+            _fetch_verified(source, staging, manifest=manifest, cache_dir=cache_dir)
     return dest
+
+
+def _fetch_verified(source: str, staging: Path, *, manifest: Path | None, cache_dir: Path) -> None:
+    unpacked = staging / ".unpack"
+    root = _unpack(source, unpacked, cache_dir)
+    for child in root.iterdir():
+        os.replace(child, staging / child.name)
+    shutil.rmtree(unpacked)
+    if manifest is not None:
+        try:
+            verify_manifest(staging, manifest)
+        except FetchError:
+            if is_url(source):
+                # A corrupt cached download must not be reused by the next attempt.
+                _cached_download(source, cache_dir).unlink(missing_ok=True)
+            raise
 
 
 def _cached_download(url: str, cache_dir: Path) -> Path:

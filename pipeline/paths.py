@@ -5,6 +5,7 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 DOWNLOAD_CACHE = Path("data/downloads")
 SPLIT_DIR = Path("data/split")
+DATA_REPORT = Path("data/report.json")
 PRETRAINED_DIR = Path("models/pretrained")
 BEST_CHECKPOINT = Path("models/best.pt")
 LAST_CHECKPOINT = Path("models/last.pt")

@@ -1,19 +1,18 @@
-"""Stage split: data/raw/ -> data/split/ (seeded train/val/test, decoded and resized once)."""
+"""Stage split: data/raw/ -> data/split/ (seeded train/val/test, decoded and resized once) and data/report.json."""
 
 from pipeline import paths
 from pipeline.cli import run_stage
 from pipeline.config import load_config
-from pipeline.data import find_pairs, prepare, split_ids, write_split
+from pipeline.preparation import build_split
+from pipeline.report import format_summary
 
 
 def main() -> None:
     cfg = load_config()
-    pairs = find_pairs(paths.RAW_DIR)
-    prepared = prepare(pairs, cfg.data.image_size)
-    assignment = split_ids(prepared.ids, cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
-    write_split(paths.SPLIT_DIR, prepared, assignment)
-    counts = ", ".join(f"{name} {len(ids)}" for name, ids in assignment.items())
-    print(f"split: {len(pairs)} pairs -> {counts} (data hash {prepared.content_hash[:12]})")
+    report = build_split(paths.RAW_DIR, paths.SPLIT_DIR, paths.DATA_REPORT, cfg.data, cfg.split)
+    print(format_summary(report))
+    counts = ", ".join(f"{name} {count}" for name, count in report["split"].items())
+    print(f"split: {report['pairs']['used']} pairs -> {counts} (data hash {report['data_hash'][:12]}); details in {paths.DATA_REPORT}")
 
 
 if __name__ == "__main__":

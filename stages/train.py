@@ -3,10 +3,13 @@
 Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
 """
 
+import mlflow
+
 from pipeline import distributed, paths
 from pipeline.cli import run_stage
 from pipeline.config import Config, load_config
-from pipeline.io import write_csv, write_json
+from pipeline.io import read_json, write_csv, write_json
+from pipeline.report import report_headline
 from pipeline.tracking import RunInfo, connect, git_commit, training_run
 from pipeline.training import HISTORY_FIELDS, NoTracker, TrainingSession, summary
 
@@ -22,6 +25,7 @@ def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> 
             raise KeyboardInterrupt(session.interrupted_note()) from None
         write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
         write_json(paths.TRAIN_METRICS, summary(state))
+        mlflow.log_metrics(report_headline(read_json(paths.DATA_REPORT)))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
     run = RunInfo(tracker.run_id, tracker.experiment_id)
     run.save(paths.RUN_INFO)

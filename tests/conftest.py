@@ -64,6 +64,17 @@ def make_dataset(root: Path, count: int = 12, size: int = 48, *, image_dir="imag
     return root
 
 
+def build_test_split(raw: Path, out: Path, image_size: int, val_fraction: float, test_fraction: float, seed: int = 0) -> Path:
+    """Run the split stage's work on ``raw`` into ``out/split`` (report beside it); returns the split folder."""
+    from pipeline.config import DataConfig, SplitConfig
+    from pipeline.preparation import build_split
+
+    data = DataConfig(source="unused", manifest=None, layout="auto", on_bad_sample="error", image_size=image_size)
+    split = SplitConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    build_split(raw, out / "split", out / "report.json", data, split)
+    return out / "split"
+
+
 def copy_project(dest: Path) -> Path:
     """Copy the project as a clean clone would hold it (tracked and unignored files) into ``dest``, as a git repo."""
     listed = subprocess.run(

@@ -11,6 +11,8 @@ from pipeline.download import DownloadError, download
 from pipeline.errors import FetchError
 from pipeline.fetch import build_manifest, fetch_dataset
 from pipeline.io import write_json
+from pipeline.layouts import find_inventory
+from pipeline.synthetic import DEFAULT_COUNT
 from tests.conftest import PROJECT_ROOT, make_dataset
 from tests.httpserver import FileServer
 
@@ -76,6 +78,7 @@ def test_unreachable_source_says_how_to_use_a_local_copy(tmp_path: Path):
     message = str(caught.value)
     assert "could not download data.source" in message and "cannot connect" in message
     assert "dvc exp run -S data.source=" in message
+    assert "-S data.source=synthetic -S data.manifest=null" in message and "make demo" in message
     assert not (tmp_path / "raw").exists()
 
 
@@ -193,3 +196,31 @@ def test_plain_extract_keeps_nested_folders(tmp_path: Path):
         tar.addfile(entry, io.BytesIO(b"hi"))
     extract(archive, tmp_path / "out")
     assert (tmp_path / "out" / "top" / "sub" / "file.txt").read_bytes() == b"hi"
+
+
+def test_synthetic_source_is_generated_offline_and_identical_every_time(tmp_path: Path):
+    fetch_dataset("synthetic:12", tmp_path / "a", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset("synthetic:12", tmp_path / "b", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset("synthetic:5", tmp_path / "c", manifest=None, cache_dir=tmp_path / "cache")
+    first = build_manifest(tmp_path / "a")
+    assert len(first) == 24 and first == build_manifest(tmp_path / "b")
+    assert build_manifest(tmp_path / "c") == {name: digest for name, digest in first.items() if name[-8:-4] < "0005"}
+    assert len(find_inventory(tmp_path / "a", "auto").pairs) == 12
+    assert not (tmp_path / "cache").exists()
+
+
+def test_plain_synthetic_has_the_default_size(tmp_path: Path):
+    fetch_dataset("synthetic", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "raw" / "masks").glob("*.png"))) == DEFAULT_COUNT
+
+
+@pytest.mark.parametrize("source", ["synthetic:0", "synthetic:ten", "synthetic:"])
+def test_malformed_synthetic_source_is_named(tmp_path: Path, source: str):
+    with pytest.raises(FetchError, match=f"data.source: '{source}': write synthetic or synthetic:N"):
+        fetch_dataset(source, tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+
+
+def test_synthetic_source_with_a_manifest_says_to_drop_it(tmp_path: Path):
+    with pytest.raises(FetchError, match="set data.manifest: null"):
+        fetch_dataset("synthetic:4", tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "raw").exists()

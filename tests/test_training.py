@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from pipeline.config import parse_config
-from pipeline.data import find_pairs, prepare, split_ids, write_split
 from pipeline.engine import NonFiniteLossError
 from pipeline.evaluation import evaluate_checkpoint
 from pipeline.model import load_model, read_checkpoint
 from pipeline.errors import ModelError
 from pipeline.training import TrainingSession, summary
-from tests.conftest import make_dataset
+from tests.conftest import build_test_split, make_dataset
 
 
 class ListTracker:
@@ -28,9 +27,7 @@ class ListTracker:
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    prepared = prepare(find_pairs(make_dataset(root / "raw", count=16, size=40)), 32)
-    write_split(root / "split", prepared, split_ids(prepared.ids, 0.25, 0.25, 0))
-    return root / "split"
+    return build_test_split(make_dataset(root / "raw", count=16, size=40), root, 32, 0.25, 0.25)
 
 
 def tiny_config(params: dict, **train) -> object:

@@ -1,0 +1,108 @@
+"""The split stage's work: find pairs, read and repair them, apply the bad-sample policy,
+split, and write ``data/split/`` with its ``data/report.json``.
+
+Every photo is decoded once here and resized to ``data.image_size``; training then reads
+small uint8 arrays instead of decoding full-size files every epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .config import DataConfig, SplitConfig
+from .data import PreparedData, write_split
+from .errors import DataError
+from .io import write_json
+from .layouts import Pair, find_inventory
+from .report import BadSample, PairRecord, build_report
+from .samples import read_pair
+from .splitting import split_pairs
+
+
+@dataclass
+class Preparation:
+    data: PreparedData
+    records: list[PairRecord]
+    bad: list[BadSample]
+    duplicates: list[list[str]]  # ids of pairs whose decoded images are identical
+
+
+def prepare(pairs: Sequence[Pair], image_size: int) -> Preparation:
+    """Read, repair and resize every pair; hash the kept files' bytes for provenance."""
+    resize = A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)])
+    images, masks, records, bad = [], [], [], []
+    by_content: dict[str, list[str]] = defaultdict(list)
+    content = hashlib.sha256()
+    for pair in tqdm(sorted(pairs, key=lambda pair: pair.id), desc="prepare", unit="pair"):
+        image_bytes, mask_bytes = pair.image.read_bytes(), pair.mask.read_bytes()
+        sample = read_pair(pair, image_bytes, mask_bytes)
+        if isinstance(sample, BadSample):
+            bad.append(sample)
+            continue
+        content.update(f"{pair.id}\0".encode())
+        content.update(hashlib.sha256(image_bytes).digest())
+        content.update(hashlib.sha256(mask_bytes).digest())
+        # Duplicates are judged on decoded pixels: the same photo saved twice is not byte-identical.
+        decoded = hashlib.sha256(f"{sample.image.shape}".encode() + sample.image.tobytes()).hexdigest()
+        by_content[decoded].append(pair.id)
+        resized = resize(image=sample.image, mask=sample.mask)
+        images.append(resized["image"])
+        masks.append(resized["mask"])
+        height, width = sample.image.shape[:2]
+        foreground = float(resized["mask"].mean())
+        records.append(PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs)))
+    shape = (0, image_size, image_size)
+    data = PreparedData(
+        [record.id for record in records],
+        np.stack(images) if images else np.empty((*shape, 3), np.uint8),
+        np.stack(masks) if masks else np.empty(shape, np.uint8),
+        content.hexdigest(),
+    )
+    duplicates = sorted(ids for ids in by_content.values() if len(ids) > 1)
+    return Preparation(data, records, bad, duplicates)
+
+
+def check_policy(bad: Sequence[BadSample], policy: str) -> None:
+    """``data.on_bad_sample: error`` stops here, naming every bad file at once."""
+    if policy == "error" and bad:
+        listed = "\n  ".join(sample.describe() for sample in bad)
+        raise DataError(
+            f"{len(bad)} bad sample(s):\n  {listed}\n"
+            "Fix or remove them, or set data.on_bad_sample: skip to leave them out (they are then listed in data/report.json)."
+        )
+
+
+def build_split(raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: DataConfig, split_cfg: SplitConfig) -> dict[str, Any]:
+    """Everything the split stage does; returns the report it wrote."""
+    inventory = find_inventory(raw_dir, data_cfg.layout)
+    prepared = prepare(inventory.pairs, data_cfg.image_size)
+    bad = inventory.bad + prepared.bad
+    check_policy(bad, data_cfg.on_bad_sample)
+    if not prepared.records:
+        raise DataError(f"{raw_dir}: no usable image/mask pairs found")
+    assignment = split_pairs(
+        {record.id: record.foreground for record in prepared.records},
+        prepared.duplicates,
+        val_fraction=split_cfg.val_fraction,
+        test_fraction=split_cfg.test_fraction,
+        seed=split_cfg.seed,
+        data_hash=prepared.data.content_hash,
+    )
+    write_split(split_dir, prepared.data, assignment)
+    report = build_report(
+        root=raw_dir, layout=inventory.layout, policy=data_cfg.on_bad_sample, found=inventory.found,
+        records=prepared.records, bad=bad, ignored=inventory.ignored, duplicates=prepared.duplicates,
+        assignment=assignment, data_hash=prepared.data.content_hash,
+    )
+    write_json(report_path, report)
+    return report

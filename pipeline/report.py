@@ -1,0 +1,181 @@
+"""The data report: what split found, repaired, skipped and how it divided the pairs.
+
+This module holds the report's records and turns them into ``data/report.json`` and a
+short human summary. It stays clear of the data-reading modules, so the training stage
+can log the report's headline numbers without depending on them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import SPLITS
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A file (or a pair of files) that cannot be used as it is, and why."""
+
+    reason: str  # a short code the report counts by, e.g. "unreadable", "unpaired"
+    files: tuple[Path, ...]
+    detail: str
+
+    def describe(self) -> str:
+        return f"{', '.join(map(str, self.files))}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Repair:
+    """Something changed on a pair so that image and mask agree; recorded, never silent."""
+
+    kind: str  # a short code the report counts by, e.g. "mask_resized"
+    detail: str
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """What the report needs to know about one kept pair."""
+
+    id: str
+    image: Path
+    mask: Path
+    width: int  # of the image as used (after EXIF orientation), before resizing
+    height: int
+    foreground: float  # share of mask pixels that are foreground, at data.image_size
+    repairs: tuple[Repair, ...] = field(default=())
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
+def _size_distribution(records: Sequence[PairRecord]) -> dict[str, Any]:
+    if not records:
+        return {}
+    widths = [record.width for record in records]
+    heights = [record.height for record in records]
+    common = Counter(f"{record.width}x{record.height}" for record in records)
+    return {
+        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+        # Sorted by count, then by name, so the file does not depend on listing order.
+        "most_common": dict(sorted(common.items(), key=lambda item: (-item[1], item[0]))[:5]),
+        "distinct": len(common),
+    }
+
+
+def _foreground_by_split(records: Sequence[PairRecord], assignment: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    by_id = {record.id: record.foreground for record in records}
+    summary = {}
+    for name in SPLITS:
+        values = [by_id[id_] for id_ in assignment[name]]
+        summary[name] = {
+            "pairs": len(values),
+            "mean": round(statistics.fmean(values), 4) if values else None,
+            "min": round(min(values), 4) if values else None,
+            "max": round(max(values), 4) if values else None,
+            "empty_masks": sum(value == 0 for value in values),
+        }
+    return summary
+
+
+def build_report(
+    *,
+    root: Path,
+    layout: Mapping[str, str],
+    policy: str,
+    found: int,
+    records: Sequence[PairRecord],
+    bad: Sequence[BadSample],
+    ignored: Sequence[Path],
+    duplicates: Sequence[Sequence[str]],
+    assignment: Mapping[str, Sequence[str]],
+    data_hash: str,
+) -> dict[str, Any]:
+    """The content of ``data/report.json``: every list sorted, so unchanged data gives identical bytes."""
+    split_of = {id_: name for name, ids in assignment.items() for id_ in ids}
+    repaired = [record for record in records if record.repairs]
+    return {
+        "root": root.as_posix(),
+        "layout": dict(layout),
+        "on_bad_sample": policy,
+        "data_hash": data_hash,
+        "pairs": {"found": found, "used": len(records), "repaired": len(repaired), "skipped": len(bad)},
+        "repairs_by_kind": dict(sorted(Counter(r.kind for record in records for r in record.repairs).items())),
+        "skipped_by_reason": dict(sorted(Counter(sample.reason for sample in bad).items())),
+        "split": {name: len(assignment[name]) for name in SPLITS},
+        "image_size": _size_distribution(records),
+        "foreground_fraction": _foreground_by_split(records, assignment),
+        "duplicates": [
+            {"ids": list(group), "split": split_of[group[0]]} for group in sorted(sorted(group) for group in duplicates)
+        ],
+        "repaired": [
+            {
+                "id": record.id,
+                "image": _relative(record.image, root),
+                "mask": _relative(record.mask, root),
+                "repairs": [repair.detail for repair in record.repairs],
+            }
+            for record in sorted(repaired, key=lambda record: record.id)
+        ],
+        "skipped": [
+            {"files": [_relative(path, root) for path in sample.files], "reason": sample.reason, "detail": sample.detail}
+            for sample in sorted(bad, key=lambda sample: (sample.files, sample.reason))
+        ],
+        "ignored_files": sorted(_relative(path, root) for path in ignored),
+    }
+
+
+def _counts(counter: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counter.items())
+
+
+def format_summary(report: Mapping[str, Any]) -> str:
+    """A few lines for the terminal; ``data/report.json`` has every file by name."""
+    pairs = report["pairs"]
+    layout = ", ".join(value for key, value in report["layout"].items() if key != "kind")
+    lines = [
+        f"layout: {report['layout']['kind']} ({layout})",
+        f"pairs: {pairs['found']} found, {pairs['used']} used, {pairs['repaired']} repaired, {pairs['skipped']} skipped",
+    ]
+    if report["repairs_by_kind"]:
+        lines.append(f"  repaired: {_counts(report['repairs_by_kind'])}")
+    if report["skipped_by_reason"]:
+        lines.append(f"  skipped: {_counts(report['skipped_by_reason'])}")
+    if report["ignored_files"]:
+        lines.append(f"  ignored {len(report['ignored_files'])} non-image file(s), e.g. {report['ignored_files'][0]}")
+    sizes = report["image_size"]
+    if sizes:
+        lines.append(
+            f"image sizes: width {sizes['width']['min']}-{sizes['width']['max']} (median {sizes['width']['median']}), "
+            f"height {sizes['height']['min']}-{sizes['height']['max']} (median {sizes['height']['median']}), "
+            f"{sizes['distinct']} distinct; most common {_counts(sizes['most_common'])}"
+        )
+    lines.append(
+        "foreground fraction: "
+        + ", ".join(
+            f"{name} {stats['mean']:.3f} over {stats['pairs']}"
+            for name, stats in report["foreground_fraction"].items()
+            if stats["pairs"]
+        )
+    )
+    duplicates = report["duplicates"]
+    if duplicates:
+        shown = "; ".join(f"{' = '.join(group['ids'])} ({group['split']})" for group in duplicates[:5])
+        lines.append(f"exact duplicate images, each group kept in one split: {shown}" + (" ..." if len(duplicates) > 5 else ""))
+    return "\n".join(lines)
+
+
+def report_headline(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's numbers worth comparing across runs, as flat MLflow metric names."""
+    headline = {f"data_pairs_{key}": float(value) for key, value in report["pairs"].items()}
+    headline["data_duplicate_groups"] = float(len(report["duplicates"]))
+    for name, stats in report["foreground_fraction"].items():
+        if stats["mean"] is not None:
+            headline[f"data_{name}_foreground"] = float(stats["mean"])
+    return headline

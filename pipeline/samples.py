@@ -1,0 +1,165 @@
+"""Read one image/mask pair and make the two agree, or say exactly why they cannot.
+
+Photos are decoded as ``predict`` decodes them (``data.decode_image``: 8-bit RGB, EXIF
+orientation applied), so a model sees the same pixels in training and in use. What
+that decoding changes (grey to RGB, alpha dropped, 16 bits to 8, rotation) is recorded
+as a repair. Masks are read with their true depth and values and without rotation.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .data import decode_image
+from .layouts import Pair
+from .report import BadSample, Repair
+
+EXIF_ORIENTATION = 0x0112
+# Anti-aliased edges and JPEG noise put a few pixels between 0 and full scale. When more
+# than this share of a mask's pixels sits in the middle band, it is no binary mask (a
+# soft map, or a photo in the masks folder) and thresholding would invent a label.
+MAX_GREY_MASK_FRACTION = 0.1
+GREY_BAND = (1 / 8, 7 / 8)
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    mask: np.ndarray  # H x W uint8 in {0, 1}
+    repairs: list[Repair]
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, path, detail: str):
+        super().__init__(detail)
+        self.record = BadSample(reason, (path,), detail)
+
+
+def _check_decodable(data: bytes, path) -> np.ndarray:
+    """The file's pixels as stored (true depth and channels, no rotation), or a rejection naming why."""
+    if not data:
+        raise _Rejected("empty_file", path, "empty file (0 bytes)")
+    try:
+        # Some OpenCV versions decode a truncated JPEG without complaint, filling the rest
+        # with grey; Pillow's full decode always notices.
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except UnidentifiedImageError:
+        pass  # not a format Pillow knows: OpenCV decides below
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _Rejected("truncated", path, f"truncated or corrupt image ({exc})") from None
+    raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise _Rejected("unreadable", path, "not a readable image (unknown format or corrupt)")
+    if raw.dtype not in (np.uint8, np.uint16):
+        raise _Rejected("unsupported_pixels", path, f"{raw.dtype} pixels; only 8- and 16-bit images are supported")
+    return raw
+
+
+def _exif_orientation(data: bytes) -> int:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (UnidentifiedImageError, OSError, ValueError, TypeError):
+        return 1
+
+
+def _conversions(raw: np.ndarray) -> list[Repair]:
+    channels = 1 if raw.ndim == 2 else raw.shape[2]
+    repairs = []
+    if channels in (1, 2):
+        repairs.append(Repair("grayscale_to_rgb", "grayscale image converted to RGB"))
+    if channels in (2, 4):
+        repairs.append(Repair("alpha_dropped", "alpha channel dropped"))
+    if raw.dtype == np.uint16:
+        repairs.append(Repair("16bit_to_8bit", "16-bit image scaled to 8 bits"))
+    return repairs
+
+
+def _same_picture(shape: tuple[int, int], other: tuple[int, int]) -> bool:
+    """Same aspect ratio, up to the one pixel that rounding a rescaled side can cost."""
+    (height, width), (other_height, other_width) = shape, other
+    return abs(other_height - height * other_width / width) <= 1 or abs(other_width - width * other_height / height) <= 1
+
+
+def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarray, list[Repair]]:
+    raw = _check_decodable(data, path)
+    repairs = _conversions(raw)
+    orientation = _exif_orientation(data)
+    upright = decode_image(data, path)
+    if orientation == 1:
+        return upright, repairs
+    stored = raw.shape[:2]
+    if stored != upright.shape[:2] and _same_picture(stored, mask_shape) and not _same_picture(upright.shape[:2], mask_shape):
+        # The mask was drawn on the pixels as stored, not as viewers show them.
+        image = cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB
+        )
+        return image, repairs + [
+            Repair("exif_ignored", f"EXIF orientation {orientation} ignored: the mask matches the stored pixels")
+        ]
+    return upright, repairs + [
+        Repair("exif_rotated", f"image turned upright per EXIF orientation {orientation}, as viewers and predict show it")
+    ]
+
+
+def _single_channel(raw: np.ndarray, path) -> np.ndarray:
+    if raw.ndim == 2:
+        return raw
+    colour = raw[..., :3] if raw.shape[2] >= 3 else raw[..., :1]
+    if not (colour == colour[..., :1]).all():
+        raise _Rejected("mask_colour", path, "mask has colours (its channels differ); expected a single-channel binary mask")
+    return colour[..., 0]
+
+
+def read_mask(data: bytes, path) -> tuple[np.ndarray, list[Repair]]:
+    """A 0/1 mask. 0/255, 0/1 and 0/65535 pass as they are; near-binary masks are thresholded (recorded)."""
+    raw = _check_decodable(data, path)
+    repairs = [Repair("mask_channels", "mask stored with several identical channels; one kept")] if raw.ndim == 3 else []
+    mask = _single_channel(raw, path)
+    full = int(np.iinfo(mask.dtype).max)
+    values = np.unique(mask)
+    if values.max(initial=0) <= 1 or set(values.tolist()) <= {0, full}:
+        return (mask > 0).astype(np.uint8), repairs
+    shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if len(values) > 6 else "")
+    if values.max() < full / 2:
+        raise _Rejected("mask_values", path, f"mask values {shown} are neither 0/{full} nor 0/1 (class labels?)")
+    grey = float(np.mean((mask > full * GREY_BAND[0]) & (mask < full * GREY_BAND[1])))
+    if grey > MAX_GREY_MASK_FRACTION:
+        raise _Rejected("mask_values", path, f"{grey:.0%} of the mask's pixels are grey (values {shown}): not a binary mask")
+    half = (full + 1) // 2
+    repairs.append(Repair("mask_thresholded", f"mask had {len(values)} grey levels (anti-aliased edges): thresholded at {half}"))
+    return (mask >= half).astype(np.uint8), repairs
+
+
+def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], path) -> tuple[np.ndarray, list[Repair]]:
+    """Bring ``mask`` to the image's size when it is the same picture at another scale."""
+    height, width = image_shape[:2]
+    if mask.shape == (height, width):
+        return mask, []
+    if not _same_picture((height, width), mask.shape):
+        raise _Rejected(
+            "size_mismatch", path,
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; "
+            "the aspect ratios differ, so the mask cannot be rescaled to fit",
+        )
+    # Nearest neighbour keeps the mask binary.
+    resized = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized, [Repair("mask_resized", f"mask resized from {mask.shape[1]}x{mask.shape[0]} to {width}x{height} (nearest neighbour)")]
+
+
+def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes) -> Sample | BadSample:
+    """The pair's image and mask, agreeing in size and orientation, or the record of why not."""
+    try:
+        mask, mask_repairs = read_mask(mask_bytes, pair.mask)
+        image, image_repairs = read_image(image_bytes, pair.image, mask.shape)
+        mask, fit_repairs = fit_mask(mask, image.shape, pair.mask)
+    except _Rejected as rejected:
+        return rejected.record
+    return Sample(image, mask, image_repairs + mask_repairs + fit_repairs)
+

@@ -1,0 +1,81 @@
+"""A generated dataset of shapes on textured backgrounds: ``data.source: synthetic[:N]``.
+
+For demos and tests without any download. Image ``i`` depends only on ``i`` (its own
+seeded generator), so ``synthetic:40`` is the first 40 pairs of ``synthetic:100`` and
+the same files come out on every run. Shapes differ from the background in colour and
+texture, so a small network learns them in a few epochs; their sizes vary widely, from
+specks to most of the frame, which gives the stratified split something to balance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import FetchError
+
+PREFIX = "synthetic"
+DEFAULT_COUNT = 64
+MAX_COUNT = 100_000
+WIDTH, HEIGHT = 128, 96  # not square, as photos are not
+
+
+def synthetic_count(source: str) -> int | None:
+    """N for ``synthetic`` or ``synthetic:N``; None for any other source."""
+    if source != PREFIX and not source.startswith(f"{PREFIX}:"):
+        return None
+    count = str(DEFAULT_COUNT) if source == PREFIX else source.removeprefix(f"{PREFIX}:")
+    if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
+        raise FetchError(f"data.source: {source!r}: write synthetic or synthetic:N with N a whole number from 1 to {MAX_COUNT}")
+    return int(count)
+
+
+def _texture(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
+    """A smooth random field around ``base`` colour: a coarse noise grid scaled up, plus grain."""
+    coarse = rng.normal(0, 30, (HEIGHT // 16 + 1, WIDTH // 16 + 1, 3)).astype(np.float32)
+    smooth = cv2.resize(coarse, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC)
+    grain = rng.normal(0, 8, (HEIGHT, WIDTH, 3)).astype(np.float32)
+    return base + smooth + grain
+
+
+def _draw_shape(rng: np.random.Generator, mask: np.ndarray) -> None:
+    centre = (int(rng.integers(0, WIDTH)), int(rng.integers(0, HEIGHT)))
+    radius = int(rng.integers(4, HEIGHT // 2))
+    kind = rng.integers(0, 3)
+    if kind == 0:
+        axes = (radius, int(rng.integers(3, radius + 1)))
+        cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
+    elif kind == 1:
+        cv2.rectangle(mask, (centre[0] - radius, centre[1] - radius // 2), (centre[0] + radius, centre[1] + radius // 2), 1, -1)
+    else:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 5))
+        points = np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [points.astype(np.int32)], 1)
+
+
+def make_pair(index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` (H x W x 3 uint8 BGR, as OpenCV writes it) and its 0/255 mask."""
+    rng = np.random.default_rng([index, 20240611])
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        _draw_shape(rng, mask)
+    background_colour, shape_colour = rng.uniform(40, 215, (2, 3)).astype(np.float32)
+    # Keep the shapes visibly different from the background even when the colours are close.
+    shape_colour = np.where(np.abs(shape_colour - background_colour) < 60, 255 - background_colour, shape_colour)
+    stripes = 25 * np.sin(np.arange(WIDTH, dtype=np.float32) / rng.uniform(1.5, 4))[None, :, None]
+    image = np.where(mask[..., None] > 0, _texture(rng, shape_colour) + stripes, _texture(rng, background_colour))
+    return np.clip(image, 0, 255).astype(np.uint8), mask * 255
+
+
+def generate(dest: Path, count: int) -> None:
+    """Write ``images/NNNN.jpg`` and ``masks/NNNN.png`` for ``count`` pairs under ``dest``."""
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "masks").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image, mask = make_pair(index)
+        name = f"{index:04d}"
+        # Fixed JPEG quality and PNG compression: the same bytes every time, hence the same data hash.
+        cv2.imwrite(str(dest / "images" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(dest / "masks" / f"{name}.png"), mask, [cv2.IMWRITE_PNG_COMPRESSION, 3])
