@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test bench clean-venv
+.PHONY: repro test bench venv tracking-server tracking-server-stop clean-venv
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,22 @@ $(INSTALLED): pyproject.toml
 repro: $(INSTALLED)
 	$(BIN)/dvc repro
 
+# As root with apt-get, installs PostgreSQL for the team tests when it is missing (else they skip, saying why).
 test: $(INSTALLED)
+	scripts/ensure-postgresql.sh
 	$(BIN)/python -m pytest
+
+# Just the environment: a colleague runs `dvc pull` before anything else (README, "Working as a team").
+venv: $(INSTALLED)
+
+# The team's MLflow server: PostgreSQL backend, served artifacts, on 127.0.0.1:5000 by default.
+# Options as environment variables: TRACKING_PORT, TRACKING_HOST, TRACKING_DIR, TRACKING_ARTIFACTS, ...
+tracking-server: $(INSTALLED)
+	scripts/ensure-postgresql.sh
+	$(BIN)/python scripts/tracking_server.py start
+
+tracking-server-stop: $(INSTALLED)
+	$(BIN)/python scripts/tracking_server.py stop
 
 # Notebook-style loop vs this pipeline; pass options with BENCH_ARGS="--image-size 320 --epochs 2".
 bench: $(INSTALLED)
