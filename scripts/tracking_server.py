@@ -39,6 +39,7 @@ DATABASE = "mlflow"
 DB_USER = "mlflow"
 START_TIMEOUT_S = 180  # the first start creates MLflow's schema: ~30 migrations, slow on a small machine
 STOP_TIMEOUT_S = 30
+LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
 
 
 class ServerError(Exception):
@@ -225,6 +226,10 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
         "--artifacts-destination", artifacts,  # clients up- and download artifacts through the server
         "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
     ]
+    if args.allowed_hosts:
+        # MLflow answers only Host headers it knows; the list replaces its default (loopback and
+        # private IPs), so keep loopback in it for this machine's own clients.
+        command += ["--allowed-hosts", f"{args.allowed_hosts},{LOOPBACK_HOSTS}"]
     with layout.mlflow_log.open("ab") as log:
         # A session of its own, so that stop ends the server and all of its workers together.
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=layout.root)
@@ -316,6 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="PostgreSQL port on 127.0.0.1 (env TRACKING_PG_PORT; 5433 leaves Debian's own cluster its 5432)")
     parser.add_argument("--artifacts-destination", default=env("TRACKING_ARTIFACTS"),
                         help="where served artifacts are stored: a folder or s3://, gs://, wasbs:// (env TRACKING_ARTIFACTS)")
+    parser.add_argument("--allowed-hosts", default=env("TRACKING_ALLOWED_HOSTS"),
+                        help="names colleagues reach MLflow by, e.g. tracking.example.com:5000 (env TRACKING_ALLOWED_HOSTS; "
+                             "replaces MLflow's default of loopback and private IPs, loopback is kept)")
     parser.add_argument("--workers", type=int, default=int(env("TRACKING_WORKERS", "2")), help="MLflow server worker processes")
     return parser.parse_args(argv)
 
