@@ -65,7 +65,7 @@ def server():
     try:
         script.postgres_bin()
     except script.ServerError as exc:
-        pytest.skip(f"{exc} (`make test` installs it when run as root with apt-get: scripts/ensure-postgresql.sh)")
+        pytest.skip(f"the team tests need PostgreSQL: {exc}")
     # Not under pytest's tmp folder: as root, PostgreSQL runs as the postgres user, which must reach it.
     folder = Path(tempfile.mkdtemp(prefix="unet-team-server-"))
     folder.chmod(0o755)
