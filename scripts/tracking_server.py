@@ -147,6 +147,7 @@ def init_cluster(layout: Layout, pg_bin: Path) -> None:
     password = secrets.token_urlsafe(24)
     layout.pgpass.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
     layout.pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    shutil.rmtree(layout.pgdata, ignore_errors=True)  # no PG_VERSION: what is there is a failed initdb
     layout.pgdata.mkdir(mode=0o700)
     pwfile = layout.root / "initdb-password"
     pwfile.write_text(password + "\n")
@@ -193,8 +194,10 @@ def stop_postgres(layout: Layout, pg_bin: Path) -> None:
 
 
 def connect_postgres(layout: Layout, port: int, dbname: str):
-    import psycopg  # the `team` extra; imported here so that `stop` and `status` work without it
-
+    try:
+        import psycopg  # imported here so that `stop` and `status` work without it
+    except ImportError:
+        raise ServerError("MLflow needs the psycopg driver for PostgreSQL: pip install -e '.[team]'") from None
     return psycopg.connect(host="127.0.0.1", port=port, user=DB_USER, dbname=dbname, passfile=str(layout.pgpass), autocommit=True)
 
 
