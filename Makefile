@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro demo test bench clean-venv
+.PHONY: repro demo test bench venv tracking-server tracking-server-stop clean-venv
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,22 @@ repro: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
+# As root with apt-get, installs PostgreSQL for the team tests when it is missing (else they skip, saying why).
 test: $(INSTALLED)
+	bash scripts/ensure-postgresql.sh
 	$(BIN)/python -m pytest
+
+# Just the environment: a colleague runs `dvc pull` before anything else (README, "Working as a team").
+venv: $(INSTALLED)
+
+# The team's MLflow server: PostgreSQL backend, served artifacts, on 127.0.0.1:5000 by default.
+# Options as environment variables: TRACKING_PORT, TRACKING_HOST, TRACKING_DIR, TRACKING_ARTIFACTS, ...
+tracking-server: $(INSTALLED)
+	bash scripts/ensure-postgresql.sh
+	$(BIN)/python scripts/tracking_server.py start
+
+tracking-server-stop: $(INSTALLED)
+	$(BIN)/python scripts/tracking_server.py stop
 
 # Notebook-style loop vs this pipeline; pass options with BENCH_ARGS="--image-size 320 --epochs 2".
 bench: $(INSTALLED)
