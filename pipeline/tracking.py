@@ -154,6 +154,17 @@ def _run_exists(run_id: str) -> bool:
     return True
 
 
+def require_run(run: RunInfo, experiment: str) -> None:
+    """Fail before evaluating when the training run is not in this store (another MLFLOW_TRACKING_URI)."""
+    connect(experiment)
+    if not _run_exists(run.run_id):
+        raise TrackingError(
+            f"models/run.json names MLflow run {run.run_id}, which is not in the tracking store {tracking_uri()}. "
+            "Evaluate adds to the run that trained the model: use the MLFLOW_TRACKING_URI the train stage used, "
+            "or retrain into this store with `dvc repro -f train`."
+        )
+
+
 def log_to_run(run: RunInfo, metrics: dict[str, float], experiment: str, artifacts: list[Path] = ()) -> None:
     """Add evaluation results (metrics, and files under ``evaluation/``) to the training run."""
     connect(experiment)

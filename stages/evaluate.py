@@ -14,12 +14,13 @@ from pipeline.inference import InferenceSettings, file_digest
 from pipeline.io import write_csv, write_json, write_png, write_text
 from pipeline.registry import Contender, apply_decision, current_champion, decide_alias, register_model, version_tags
 from pipeline.thresholds import SWEEP_FIELDS, best_threshold, sweep
-from pipeline.tracking import RunInfo, log_to_run
+from pipeline.tracking import RunInfo, log_to_run, require_run
 
 
 def main() -> None:
     cfg = load_config()
     run = RunInfo.load(paths.RUN_INFO)
+    require_run(run, cfg.mlflow.experiment)
     split_info = read_split_info(paths.SPLIT_DIR)
     model, device = load_for_evaluation(paths.BEST_CHECKPOINT)
 

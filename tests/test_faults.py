@@ -137,6 +137,14 @@ def test_unreachable_tracking_server_fails_before_training(project):
     assert time.monotonic() - started < 60
 
 
+def test_evaluate_against_a_store_without_the_training_run_says_which_store(project, tmp_path):
+    other_store = f"sqlite:///{tmp_path / 'other.db'}"
+    result = run(project, sys.executable, "stages/evaluate.py", MLFLOW_TRACKING_URI=other_store)
+    assert result.returncode == 2
+    assert f"which is not in the tracking store {other_store}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_truncated_checkpoint_gives_a_clear_error(project):
     best = project / "models" / "best.pt"
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
