@@ -33,13 +33,15 @@ from ruamel.yaml import YAML
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import load_config, parse_config
-from pipeline.data import Pair, decode_image, decode_mask, eval_transform, find_pairs, prepare, reconcile_mask
-from pipeline.data import SegmentationDataset, split_ids, write_split
+from pipeline.data import SegmentationDataset, eval_transform, load_split, read_split_info
 from pipeline.engine import Precision, evaluate, resolve_device, train_one_epoch
 from pipeline.fetch import fetch_dataset
+from pipeline.layouts import Pair, find_inventory
 from pipeline.metrics import DiceBCELoss
 from pipeline.model import build_model, load_pretrained_encoder
 from pipeline.paths import PRETRAINED_DIR
+from pipeline.preparation import build_split
+from pipeline.samples import read_pair
 from pipeline.training import TrainingSession
 
 MONITOR_THRESHOLD = 0.5
@@ -78,9 +80,8 @@ class NotebookDataset(Dataset):
 
     def __getitem__(self, index: int):
         pair = self.pairs[index]
-        image = decode_image(pair.image.read_bytes(), pair.image)
-        mask = reconcile_mask(decode_mask(pair.mask.read_bytes(), pair.mask), image.shape, pair.mask)
-        out = self.transform(image=image, mask=mask)
+        sample = read_pair(pair, pair.image.read_bytes(), pair.mask.read_bytes())
+        out = self.transform(image=sample.image, mask=sample.mask)
         return torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), torch.from_numpy(out["mask"])[None].float()
 
 
@@ -128,19 +129,14 @@ def notebook_loop(cfg, pairs, val_loader, epochs, target):
     return _result(images, train_seconds, loader.waiting, dice, reached, device, utilisation)
 
 
-def pipeline_loop(cfg, pairs, val_loader, epochs, target):
-    started = time.perf_counter()
+def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
     with tempfile.TemporaryDirectory() as workdir:
-        prepared = prepare(pairs, cfg.data.image_size)
-        # Everything goes to train: the bench scores both loops on the same val loader.
-        write_split(Path(workdir), prepared, {"train": prepared.ids, "val": prepared.ids[:1], "test": prepared.ids[:1]})
-        prepare_seconds = time.perf_counter() - started
         session = TrainingSession(
-            cfg, split_dir=Path(workdir), pretrained_dir=PRETRAINED_DIR,
+            cfg, split_dir=split_dir, pretrained_dir=PRETRAINED_DIR,
             best_path=Path(workdir) / "best.pt", last_path=Path(workdir) / "last.pt",
         )
         loader = Timed(session.train_loader)
-        train_seconds, images, dice, reached, utilisation = prepare_seconds, 0, [], None, []
+        train_seconds, images, dice, reached, utilisation = 0.0, 0, [], None, []
         for epoch in range(1, epochs + 1):
             session.start_epoch(epoch)
             started = time.perf_counter()
@@ -153,8 +149,8 @@ def pipeline_loop(cfg, pairs, val_loader, epochs, target):
             fp32 = Precision(session.device.type)
             dice.append(evaluate(session.model, val_loader, session.loss_fn, session.device, MONITOR_THRESHOLD, "val", fp32)[1].compute()["dice"])
             if reached is None and dice[-1] >= target:
-                reached = train_seconds
-        result = _result(images, train_seconds - prepare_seconds, loader.waiting, dice, reached, session.device, utilisation)
+                reached = prepare_seconds + train_seconds
+        result = _result(images, train_seconds, loader.waiting, dice, reached, session.device, utilisation)
         return result | {"prepare_seconds": prepare_seconds, "precision": session.precision.name}
 
 
@@ -170,12 +166,13 @@ def _result(images, seconds, waiting, dice, reached, device, utilisation):
     }
 
 
-def _run(loop_name, params, pairs, val_ids_pairs, epochs, target):
+def _run(loop_name, params, split_dir, prepare_seconds, train_pairs, epochs, target):
     cfg = parse_config(params)
-    val = prepare(val_ids_pairs, cfg.data.image_size)
-    val_loader = DataLoader(SegmentationDataset(val.images, val.masks, eval_transform()), batch_size=16)
-    loop = {"notebook_loop": notebook_loop, "pipeline": pipeline_loop}[loop_name]
-    return loop(cfg, pairs, val_loader, epochs, target)
+    # Both loops are scored on the same prepared val split.
+    val_loader = DataLoader(SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), batch_size=16)
+    if loop_name == "notebook_loop":
+        return notebook_loop(cfg, train_pairs, val_loader, epochs, target)
+    return pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target)
 
 
 def main() -> None:
@@ -206,24 +203,30 @@ def main() -> None:
         source = Path(args.source)
         if not source.is_dir():
             source = fetch_dataset(args.source, Path(workdir) / "raw", manifest=None, cache_dir=Path(workdir) / "cache")
-        pairs = find_pairs(source)
-        by_id = {pair.id: pair for pair in pairs}
-        split = split_ids(list(by_id), cfg.split.val_fraction, cfg.split.test_fraction, cfg.split.seed)
-        train_pairs, val_pairs = [by_id[i] for i in split["train"]], [by_id[i] for i in split["val"]]
+        # The pipeline's one-off cost: the split stage itself (decode, repair, resize, split).
+        started = time.perf_counter()
+        split_dir = Path(workdir) / "split"
+        build_split(source, split_dir, Path(workdir) / "report.json", parse_config(params).data, cfg.split)
+        prepare_seconds = time.perf_counter() - started
+        by_id = {pair.id: pair for pair in find_inventory(source, cfg.data.layout).pairs}
+        ids = read_split_info(split_dir)["ids"]
+        train_pairs = [by_id[i] for i in ids["train"]]
 
         device = "cuda: " + torch.cuda.get_device_name() if cuda else f"cpu: {platform.processor() or platform.machine()}"
         print(
             f"bench: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg.model.arch} "
             f"{cfg.model.encoder} ({'pretrained' if params['model']['encoder_weights'] else 'random init'}), "
             f"{params['data']['image_size']}px, batch {cfg.train.batch_size}, {epochs} epochs, "
-            f"{len(train_pairs)} train / {len(val_pairs)} val pairs"
+            f"{len(train_pairs)} train / {len(ids['val'])} val pairs"
         )
         results = {}
         for name in ("notebook_loop", "pipeline"):
             # A fresh process each, for a clean peak-memory reading; not a daemon, so the
             # pipeline's loader can start its workers.
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results[name] = pool.submit(_run, name, params, train_pairs, val_pairs, epochs, args.target_dice).result()
+                results[name] = pool.submit(
+                    _run, name, params, split_dir, prepare_seconds, train_pairs, epochs, args.target_dice
+                ).result()
 
     print(f"{'loop':15s} {'images/s':>9s} {'data wait':>10s} {'peak MiB':>9s} {'GPU util':>9s} "
           f"{'time to Dice ' + str(args.target_dice):>18s}  val Dice per epoch")
