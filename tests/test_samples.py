@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.layouts import Pair
 from pipeline.report import BadSample
+from pipeline.classes import PERSON
 from pipeline.samples import read_pair
 
 PHOTO = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)  # 60 wide, 40 high, BGR
@@ -24,7 +25,7 @@ def encode(array: np.ndarray, suffix: str) -> bytes:
 
 
 def read(image: bytes, mask: bytes, image_name: str = "p.jpg", mask_name: str = "p.png"):
-    return read_pair(Pair("p", Path(image_name), Path(mask_name)), image, mask)
+    return read_pair(Pair("p", Path(image_name), Path(mask_name)), image, mask, PERSON)
 
 
 def repairs(sample) -> list[tuple[str, str]]:
