@@ -4,54 +4,97 @@ from __future__ import annotations
 
 from typing import Any
 
+from .classes import PERSON, ClassSpec
+
 METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "precision", "recall")
+
+
+def _binary_sections(params: dict[str, Any], metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
+    return {
+        "summary": "Binary person segmentation",
+        "output": "whether it belongs to a person",
+        "intended_use": """Foreground masks of people in photos similar to the training data (one or a few people,
+upright, roughly centred, daylight photos): background removal or blurring, cropping,
+photo editing. Not for identifying people, not for safety-critical decisions, and not
+validated on video, crowds or medical or surveillance imagery.""",
+        "dataset": "Human-Segmentation dataset",
+        "decision_title": "Decision threshold",
+        "decision": f"Foreground when the predicted probability is at least **{metrics['threshold']:g}** ({threshold_source}).",
+        "metrics_at": "At the threshold above",
+        "per_class": "",
+        "subject": "person",
+        "limits": """Trained on a few hundred images of a single source: expect lower quality on other kinds of
+  photos (unusual poses, several overlapping people, people small in the frame, strong
+  backlight).""",
+    }
+
+
+def _multiclass_sections(classes: ClassSpec, metrics: dict[str, float]) -> dict[str, str]:
+    rows = "\n".join(f"| {name} | {metrics[f'test_dice_{name}']:.4f} | {metrics[f'test_iou_{name}']:.4f} |" for name in classes.names)
+    return {
+        "summary": f"Segmentation into {classes.count} classes ({', '.join(classes.names)})",
+        "output": "its class",
+        "intended_use": """Class maps of images similar to the training data. Not validated on other sources, and
+not for safety-critical decisions.""",
+        "dataset": "Dataset",
+        "decision_title": "Decision rule",
+        "decision": "Each pixel takes the class with the highest score (argmax); there is no threshold to tune.",
+        "metrics_at": "With that rule",
+        "per_class": f"""
+
+Per class (mean per image); the headline rows above average the foreground classes.
+
+| class | Dice | IoU |
+|---|---|---|
+{rows}""",
+        "subject": "foreground",
+        "limits": "Trained on a single source: expect lower quality on other kinds of images.",
+    }
 
 
 def render_card(
     *, registered_model: str, run_id: str, params: dict[str, Any], split_info: dict[str, Any],
-    metrics: dict[str, float], threshold_source: str, worst: list[dict[str, Any]],
+    metrics: dict[str, float], threshold_source: str, worst: list[dict[str, Any]], classes: ClassSpec = PERSON,
 ) -> str:
     """Markdown for ``models/model_card.md``, the run and the registered version's description."""
     counts = split_info["counts"]
+    text = _binary_sections(params, metrics, threshold_source) if classes.binary else _multiclass_sections(classes, metrics)
     rows = "\n".join(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
     )
-    worst_lines = "\n".join(f"- `{row['id']}`: Dice {row['dice']:.3f}, person covers {row['foreground_fraction']:.0%} of the image" for row in worst)
+    worst_lines = "\n".join(
+        f"- `{row['id']}`: Dice {row['dice']:.3f}, {text['subject']} covers {row['foreground_fraction']:.0%} of the image" for row in worst
+    )
     weights = params["model.encoder_weights"] or "random"
     param_lines = "\n".join(f"| `{key}` | `{value}` |" for key, value in params.items())
     return f"""# Model card: {registered_model}
 
-Binary person segmentation: a {params['model.arch']} ({params['model.encoder']} encoder,
-{weights} initial weights) that outputs, per pixel, whether it belongs to a person. MLflow run `{run_id}`.
+{text['summary']}: a {params['model.arch']} ({params['model.encoder']} encoder,
+{weights} initial weights) that outputs, per pixel, {text['output']}. MLflow run `{run_id}`.
 
 ## Intended use
-Foreground masks of people in photos similar to the training data (one or a few people,
-upright, roughly centred, daylight photos): background removal or blurring, cropping,
-photo editing. Not for identifying people, not for safety-critical decisions, and not
-validated on video, crowds or medical or surveillance imagery.
+{text['intended_use']}
 
 ## Data
-Human-Segmentation dataset, content hash (SHA-256 of every image and mask)
+{text['dataset']}, content hash (SHA-256 of every image and mask)
 `{split_info['data_hash']}`. Seeded split: {counts['train']} train, {counts['val']} validation,
 {counts['test']} test images, resized to {split_info['image_size']} x {split_info['image_size']} px.
 The test images were not seen by training, model selection or threshold choice.
 
-## Decision threshold
-Foreground when the predicted probability is at least **{metrics['threshold']:g}** ({threshold_source}).
+## {text['decision_title']}
+{text['decision']}
 Flip test-time augmentation: {"on" if params['evaluate.tta'] else "off"}. `predict` and the
 served model apply both.
 
 ## Test metrics
-At the threshold above, on the {counts['test']} test images (definitions: docs/metrics.md).
+{text['metrics_at']}, on the {counts['test']} test images (definitions: docs/metrics.md).
 
 | metric | mean per image | pooled over pixels |
 |---|---|---|
-{rows}
+{rows}{text['per_class']}
 
 ## Known limits
-- Trained on a few hundred images of a single source: expect lower quality on other kinds of
-  photos (unusual poses, several overlapping people, people small in the frame, strong
-  backlight). Dice is measured at {split_info['image_size']} px; masks returned at a photo's
+- {text['limits']} Dice is measured at {split_info['image_size']} px; masks returned at a photo's
   full size are upscaled, so thin structures (fingers, hair) are coarse.
 - Worst test images (see the gallery artifact `evaluation/gallery.png`):
 {worst_lines}

@@ -8,12 +8,14 @@ together, each by its dotted key, before any stage does work.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from ruamel.yaml import YAML, YAMLError
 
+from .classes import ClassSpec
 from .errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -28,8 +30,45 @@ class DataConfig(_Section):
     manifest: str | None
     # How split finds pairs in data/raw: auto, csv, csv:<file>, folders, folders:<images>,<masks>.
     layout: str = Field(pattern=r"^(auto|csv|folders|csv:[^,]+|folders:[^,]+,[^,]+)$")
+    # Background first; two classes is binary segmentation. Names become metric names (test_dice_<name>).
+    # At most 255 so that class ids fit the uint8 masks predict writes.
+    classes: list[str] = Field(min_length=2, max_length=255)
+    # null: masks hold class ids (or 0/255 for two classes); else one [R, G, B] per class, in class order.
+    palette: list[list[int]] | None
     on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
+
+    @field_validator("classes")
+    @classmethod
+    def _usable_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"class name {name!r} must be letters, digits, '_' or '-' (it becomes part of metric names)")
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"class names must be distinct; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("palette")
+    @classmethod
+    def _rgb_colour_per_class(cls, value: list[list[int]] | None, info: ValidationInfo) -> list[list[int]] | None:
+        if value is None:
+            return value
+        classes = info.data.get("classes")  # absent when data.classes itself is invalid
+        if classes is not None and len(value) != len(classes):
+            raise ValueError(
+                f"has {len(value)} colours for {len(classes)} classes; "
+                "give one [R, G, B] per entry of data.classes, in the same order"
+            )
+        for colour in value:
+            if len(colour) != 3 or not all(0 <= channel <= 255 for channel in colour):
+                raise ValueError(f"each colour must be [R, G, B] with values 0-255, got {colour}")
+        if len({tuple(colour) for colour in value}) != len(value):
+            raise ValueError("each class needs its own colour; the palette repeats one")
+        return value
+
+    def class_spec(self) -> ClassSpec:
+        return ClassSpec.of(self.classes, self.palette)
 
     @field_validator("image_size")
     @classmethod

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .classes import ClassSpec
 from .errors import DataError
 from .io import atomic_path, read_json, write_json
 
@@ -34,11 +35,11 @@ def decode_image(data: bytes, name: str | Path) -> np.ndarray:
 class PreparedData:
     ids: list[str]
     images: np.ndarray  # (N, S, S, 3) uint8 RGB
-    masks: np.ndarray  # (N, S, S) uint8 in {0, 1}
+    masks: np.ndarray  # (N, S, S) uint8 class ids (0/1 for binary)
     content_hash: str
 
 
-def write_split(out_dir: Path, data: PreparedData, assignment: dict[str, list[str]]) -> None:
+def write_split(out_dir: Path, data: PreparedData, assignment: dict[str, list[str]], classes: ClassSpec) -> None:
     position = {id_: index for index, id_ in enumerate(data.ids)}
     for name in SPLITS:
         rows = [position[id_] for id_ in assignment[name]]
@@ -50,6 +51,8 @@ def write_split(out_dir: Path, data: PreparedData, assignment: dict[str, list[st
         {
             "data_hash": data.content_hash,
             "image_size": int(data.images.shape[1]),
+            # What the mask values mean travels with them: train sizes the network from it.
+            "classes": classes.to_dict(),
             "counts": {name: len(assignment[name]) for name in SPLITS},
             "ids": assignment,
         },
@@ -58,6 +61,10 @@ def write_split(out_dir: Path, data: PreparedData, assignment: dict[str, list[st
 
 def read_split_info(split_dir: Path) -> dict:
     return read_json(split_dir / "split.json")
+
+
+def split_classes(split_info: dict) -> ClassSpec:
+    return ClassSpec.from_dict(split_info["classes"])
 
 
 def load_split(split_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +79,10 @@ def train_transform() -> A.Compose:
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
-            A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), translate_percent=(-0.05, 0.05), p=0.5),
+            # Nearest neighbour for masks (albumentations' default, stated): interpolating class
+            # ids would invent classes along the edges.
+            A.Affine(scale=(0.9, 1.1), rotate=(-10, 10), translate_percent=(-0.05, 0.05),
+                     mask_interpolation=cv2.INTER_NEAREST, p=0.5),
             A.Normalize(),
         ]
     )
@@ -83,7 +93,7 @@ def eval_transform() -> A.Compose:
 
 
 class SegmentationDataset(Dataset):
-    """(image, mask) tensors: float CHW normalised with ImageNet statistics, and 1xHxW float 0/1."""
+    """(image, mask) tensors: float CHW normalised with ImageNet statistics, and 1xHxW float class ids (0/1 for binary)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, transform: A.Compose):
         if len(images) != len(masks):

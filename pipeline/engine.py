@@ -132,14 +132,13 @@ def evaluate(
     loader: DataLoader,
     loss_fn: nn.Module,
     device: torch.device,
-    threshold: float,
+    metrics: SegmentationMetrics,
     desc: str,
     precision: Precision | None = None,
-) -> tuple[float, SegmentationMetrics]:
-    """Mean loss per image and accumulated metrics over ``loader``, in eval mode."""
+) -> float:
+    """Mean loss per image over ``loader``, in eval mode; ``metrics`` accumulates the scores."""
     precision = precision or Precision(device.type)
     model.eval()
-    metrics = SegmentationMetrics(threshold)
     total, seen = 0.0, 0
     for images, masks in tqdm(loader, desc=desc, unit="batch", leave=False):
         images, masks = _to_device(images, masks, device)
@@ -149,4 +148,4 @@ def evaluate(
         total += loss_fn(logits, masks).item() * len(images)
         seen += len(images)
         metrics.update(logits, masks)
-    return total / seen, metrics
+    return total / seen

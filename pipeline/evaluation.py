@@ -11,10 +11,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import SegmentationDataset, eval_transform, load_split, read_split_info
+from .classes import PERSON, ClassSpec
+from .data import SegmentationDataset, eval_transform, load_split, read_split_info, split_classes
 from .engine import resolve_device
-from .inference import predict_logits
-from .metrics import DiceBCELoss, SegmentationMetrics
+from .inference import class_map, class_probabilities, predict_logits
+from .metrics import SegmentationMetrics, build_loss
 from .model import load_model
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
@@ -29,38 +30,41 @@ class SplitPredictions:
     split: str
     ids: list[str]
     images: np.ndarray  # (N, S, S, 3) uint8, for the gallery
-    masks: torch.Tensor  # (N, 1, S, S) float 0/1
-    logits: torch.Tensor  # (N, 1, S, S)
-    loss: float  # mean Dice + BCE per image
+    masks: torch.Tensor  # (N, 1, S, S) float class ids (0/1 for binary)
+    logits: torch.Tensor  # (N, 1, S, S) for binary, (N, C, S, S) for C classes
+    loss: float  # mean training loss per image (Dice + BCE, or Dice + CE)
+    classes: ClassSpec = PERSON
 
-    def metrics(self, threshold: float) -> SegmentationMetrics:
-        metrics = SegmentationMetrics(threshold)
+    # ``threshold`` cuts binary probabilities; multi-class models take the top class and it is None.
+    def metrics(self, threshold: float | None) -> SegmentationMetrics:
+        metrics = SegmentationMetrics(threshold, self.classes)
         metrics.update(self.logits, self.masks)
         return metrics
 
-    def scores(self, threshold: float) -> dict[str, float]:
+    def scores(self, threshold: float | None) -> dict[str, float]:
         """Loss and metrics, named ``<split>_<metric>`` as in metrics/evaluate.json and MLflow."""
         scores = {"loss": self.loss, **self.metrics(threshold).compute()}
         return {f"{self.split}_{name}": value for name, value in scores.items()}
 
-    def per_image(self, threshold: float) -> list[dict[str, object]]:
+    def per_image(self, threshold: float | None) -> list[dict[str, object]]:
         metrics = self.metrics(threshold)
-        foreground = self.masks.mean(dim=(1, 2, 3))
+        foreground = (self.masks > 0).float().mean(dim=(1, 2, 3))
         return [
             {"id": id_, "dice": float(dice), "iou": float(iou), "foreground_fraction": float(fraction)}
             for id_, dice, iou, fraction in zip(self.ids, metrics.per_image("dice"), metrics.per_image("iou"), foreground)
         ]
 
-    def predicted_masks(self, threshold: float) -> np.ndarray:
-        """(N, S, S) bool, thresholded as SegmentationMetrics does (probability >= threshold)."""
-        return (self.logits.sigmoid() >= threshold)[:, 0].numpy()
+    def predicted_masks(self, threshold: float | None) -> np.ndarray:
+        """(N, S, S) class ids, as SegmentationMetrics derives them."""
+        return class_map(class_probabilities(self.logits, self.classes), threshold).numpy()
 
 
 @torch.no_grad()
 def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool) -> SplitPredictions:
     images, masks = load_split(split_dir, split)
     loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
-    loss_fn = DiceBCELoss()
+    classes = split_classes(read_split_info(split_dir))
+    loss_fn = build_loss(classes)
     model.eval()
     logits, truths, total = [], [], 0.0
     for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
@@ -69,7 +73,7 @@ def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.d
         logits.append(output)
         truths.append(truth)
     ids = read_split_info(split_dir)["ids"][split]
-    return SplitPredictions(split, ids, np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images))
+    return SplitPredictions(split, ids, np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images), classes)
 
 
 def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
@@ -78,7 +82,7 @@ def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
     return model.to(device), device
 
 
-def evaluate_checkpoint(checkpoint: Path, split_dir: Path, split: str, threshold: float, tta: bool = False) -> dict[str, float]:
+def evaluate_checkpoint(checkpoint: Path, split_dir: Path, split: str, threshold: float | None, tta: bool = False) -> dict[str, float]:
     """Loss and metrics of ``checkpoint`` on ``split`` at ``threshold``, prefixed with the split's name."""
     model, device = load_for_evaluation(checkpoint)
     return predict_split(model, split_dir, split, device, tta).scores(threshold)

@@ -77,8 +77,9 @@ def verify_manifest(root: Path, manifest_path: Path) -> None:
         )
 
 
-def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: Path) -> Path:
-    """Materialise ``source`` as ``dest`` (replaced atomically), verified against ``manifest``."""
+def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: Path, classes: int) -> Path:
+    """Materialise ``source`` as ``dest`` (replaced atomically), verified against ``manifest``.
+    ``classes`` (background included) is how many classes the synthetic source draws."""
     count = synthetic.synthetic_count(source)
     if count is not None and manifest is not None:
         raise FetchError(
@@ -87,7 +88,7 @@ def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: 
         )
     with atomic_dir(dest) as staging:
         if count is not None:
-            synthetic.generate(staging, count)
+            synthetic.generate(staging, count, classes)
         else:
             _fetch_verified(source, staging, manifest=manifest, cache_dir=cache_dir)
     return dest

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .classes import PERSON, ClassSpec
+
 CASES_EACH = 4  # worst and best
 PANEL = 256  # display side of each panel; tiny training sizes are scaled up to stay legible
 CAPTION = 26
@@ -35,13 +37,22 @@ def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) ->
     return out
 
 
-def _panels(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> list[np.ndarray]:
-    # Dimmed photo underneath, so the colours carry the message and the person stays recognisable.
+def _truth_colours(classes: ClassSpec) -> tuple[tuple[int, int, int], ...]:
+    """One colour per foreground class; binary keeps the single truth colour."""
+    return (TRUTH,) if classes.binary else classes.overlay_colours()
+
+
+def _panels(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, classes: ClassSpec) -> list[np.ndarray]:
+    # Dimmed photo underneath, so the colours carry the message and the subject stays recognisable.
     dim = (image * 0.6).astype(np.uint8)
-    errors = _tint(dim, truth & prediction, TRUE_POSITIVE)
-    errors = _tint(errors, prediction & ~truth, FALSE_POSITIVE)
-    errors = _tint(errors, truth & ~prediction, FALSE_NEGATIVE)
-    panels = [image, _tint(dim, truth, TRUTH), errors]
+    # A pixel given the wrong foreground class is a false positive of the class predicted.
+    errors = _tint(dim, (prediction == truth) & (truth > 0), TRUE_POSITIVE)
+    errors = _tint(errors, (prediction > 0) & (prediction != truth), FALSE_POSITIVE)
+    errors = _tint(errors, (prediction == 0) & (truth > 0), FALSE_NEGATIVE)
+    painted = dim
+    for class_id, colour in enumerate(_truth_colours(classes), start=1):
+        painted = _tint(painted, truth == class_id, colour)
+    panels = [image, painted, errors]
     return [cv2.resize(panel, (PANEL, PANEL), interpolation=cv2.INTER_NEAREST) for panel in panels]
 
 
@@ -49,10 +60,11 @@ def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int,
     cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
 
 
-def _legend(width: int) -> np.ndarray:
+def _legend(width: int, classes: ClassSpec) -> np.ndarray:
     strip = np.full((CAPTION + GAP, width, 3), BACKGROUND, np.uint8)
     x = GAP
-    for colour, label in ((TRUTH, "truth"), (TRUE_POSITIVE, "correct"), (FALSE_POSITIVE, "false positive"),
+    truth = ((TRUTH, "truth"),) if classes.binary else tuple(zip(classes.overlay_colours(), classes.foreground))
+    for colour, label in (*truth, (TRUE_POSITIVE, "correct"), (FALSE_POSITIVE, "false positive"),
                           (FALSE_NEGATIVE, "false negative")):
         cv2.rectangle(strip, (x, 8), (x + 14, 22), colour, -1)
         _text(strip, label, x + 20, 20)
@@ -61,15 +73,17 @@ def _legend(width: int) -> np.ndarray:
 
 
 def render_gallery(
-    images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, ids: list[str], dice: list[float]
+    images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, ids: list[str], dice: list[float],
+    classes: ClassSpec = PERSON,
 ) -> np.ndarray:
-    """An RGB image: a legend, then one row per picked case of photo | truth | prediction."""
+    """An RGB image: a legend, then one row per picked case of photo | truth | prediction.
+    ``truths`` and ``predictions`` hold class ids (or booleans for binary)."""
     width = 3 * PANEL + 4 * GAP
-    rows = [_legend(width)]
+    rows = [_legend(width, classes)]
     for label, index in pick_cases(dice):
         row = np.full((CAPTION + PANEL + GAP, width, 3), BACKGROUND, np.uint8)
         _text(row, f"{label}: {ids[index]}   Dice {dice[index]:.3f}   (photo | truth | prediction)", GAP, 18)
-        for column, panel in enumerate(_panels(images[index], truths[index].astype(bool), predictions[index].astype(bool))):
+        for column, panel in enumerate(_panels(images[index], truths[index].astype(int), predictions[index].astype(int), classes)):
             left = GAP + column * (PANEL + GAP)
             row[CAPTION : CAPTION + PANEL, left : left + PANEL] = panel
         rows.append(row)

@@ -1,5 +1,6 @@
-"""How a trained network turns images into masks: the forward pass (with optional flip TTA)
-and the settings evaluate chooses for it (threshold, TTA), stored beside the checkpoint."""
+"""How a trained network turns images into masks: the forward pass (with optional flip TTA),
+logits to class maps, and the settings evaluate chooses for it (threshold, TTA), stored
+beside the checkpoint."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .classes import ClassSpec
 from .errors import ModelError
 from .io import read_json, write_json
 
@@ -26,15 +28,30 @@ def predict_logits(model: nn.Module, images: torch.Tensor, tta: bool) -> torch.T
     return logits
 
 
+def class_probabilities(logits: torch.Tensor, classes: ClassSpec) -> torch.Tensor:
+    """N x 1 x H x W foreground probability for a binary model (sigmoid), N x C x H x W class
+    probabilities for a multi-class one (softmax)."""
+    return logits.sigmoid() if classes.binary else logits.softmax(dim=1)
+
+
+def class_map(probabilities: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """N x H x W class ids: binary, foreground where the probability reaches ``threshold``;
+    multi-class, the most probable class (``threshold`` is None: there is nothing to cut)."""
+    if probabilities.shape[1] == 1:
+        return (probabilities[:, 0] >= threshold).long()
+    return probabilities.argmax(dim=1)
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """The probability cut-off and TTA a checkpoint was evaluated with, and so must be used with."""
+    """The probability cut-off and TTA a checkpoint was evaluated with, and so must be used with.
+    Multi-class models have no cut-off (``threshold`` None): each pixel takes its top class."""
 
-    threshold: float
+    threshold: float | None
     tta: bool
     checkpoint_sha256: str
 

@@ -1,10 +1,19 @@
-"""Loss and segmentation metrics, from smp's implementations."""
+"""Losses and segmentation metrics, from smp's implementations.
+
+Binary models (two classes) have one logit channel: Dice + binary cross-entropy, and a pixel
+is foreground when its probability reaches the threshold. Multi-class models have a channel
+per class: Dice (multiclass) + cross-entropy, and a pixel takes the class with the highest
+logit. Either way the metrics compare class maps, so both reduce the same way.
+"""
 
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
+
+from .classes import PERSON, ClassSpec
+from .inference import class_map, class_probabilities
 
 METRIC_FUNCTIONS = {
     "dice": smp.metrics.f1_score,
@@ -13,6 +22,8 @@ METRIC_FUNCTIONS = {
     "precision": smp.metrics.precision,
     "recall": smp.metrics.recall,
 }
+# Reported for every class of a multi-class model, as <metric>_<class>.
+PER_CLASS_METRICS = ("dice", "iou")
 
 
 class DiceBCELoss(nn.Module):
@@ -27,34 +38,69 @@ class DiceBCELoss(nn.Module):
         return self.dice(logits, masks) + self.bce(logits, masks)
 
 
+class DiceCELoss(nn.Module):
+    """Soft Dice over every class plus cross-entropy, on logits: the multi-class counterpart of DiceBCELoss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True)
+        self.cross_entropy = nn.CrossEntropyLoss()
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        classes = masks[:, 0].long()  # masks arrive as N x 1 x H x W class ids
+        return self.dice(logits, classes) + self.cross_entropy(logits, classes)
+
+
+def build_loss(classes: ClassSpec) -> nn.Module:
+    return DiceBCELoss() if classes.binary else DiceCELoss()
+
+
 class SegmentationMetrics:
-    """Accumulates per-image confusion counts over batches and reduces them at the end.
+    """Accumulates per-image, per-class confusion counts over batches and reduces them at the end.
 
     Two reductions are reported: the mean over images (each image counts the same; the
     plain names) and pooled over all pixels (``*_pooled``; large subjects weigh more).
-    An image with no foreground that is predicted empty scores 1.
+    An image where a class is absent and not predicted scores 1 for that class. The plain
+    names are the mean over the foreground classes (for binary: the foreground's score);
+    multi-class models also get ``dice_<class>`` and ``iou_<class>`` for every class.
+    Binary predictions are cut at ``threshold``; multi-class ones take the top class.
     """
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    def __init__(self, threshold: float | None, classes: ClassSpec = PERSON):
+        self.threshold, self.classes = threshold, classes
         self._counts: list[tuple[torch.Tensor, ...]] = []
+        self.confusion = torch.zeros(classes.count, classes.count, dtype=torch.long)  # [truth, prediction] pixels
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        stats = smp.metrics.get_stats(
-            logits.detach().float().sigmoid(), masks.long(), mode="binary", threshold=self.threshold
-        )
-        self._counts.append(tuple(count.cpu() for count in stats))
+        truth = masks[:, 0].long().cpu()
+        predicted = class_map(class_probabilities(logits.detach().float(), self.classes), self.threshold).cpu()
+        stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
+        self._counts.append(tuple(stats))
+        count = self.classes.count
+        self.confusion += torch.bincount((truth * count + predicted).flatten(), minlength=count**2).reshape(count, count)
 
-    def per_image(self, name: str = "dice") -> torch.Tensor:
-        tp, fp, fn, tn = (torch.cat(column) for column in zip(*self._counts))
-        return METRIC_FUNCTIONS[name](tp, fp, fn, tn, reduction="none", zero_division=1.0).flatten()
-
-    def compute(self) -> dict[str, float]:
+    def _stats(self) -> tuple[torch.Tensor, ...]:
         if not self._counts:
             raise ValueError("no batches were scored")
-        tp, fp, fn, tn = (torch.cat(column) for column in zip(*self._counts))
+        return tuple(torch.cat(column) for column in zip(*self._counts))  # each N x classes
+
+    def per_image(self, name: str = "dice") -> torch.Tensor:
+        """Each image's score: the mean over its foreground classes."""
+        return self._per_image_and_class(name)[:, 1:].mean(dim=1)
+
+    def _per_image_and_class(self, name: str) -> torch.Tensor:
+        return METRIC_FUNCTIONS[name](*self._stats(), reduction="none", zero_division=1.0)
+
+    def compute(self) -> dict[str, float]:
+        tp, fp, fn, tn = self._stats()
         results: dict[str, float] = {}
         for name, function in METRIC_FUNCTIONS.items():
-            results[name] = float(function(tp, fp, fn, tn, reduction="micro-imagewise", zero_division=1.0))
-            results[f"{name}_pooled"] = float(function(tp, fp, fn, tn, reduction="micro", zero_division=1.0))
+            # The mean of the per-image scores, in the order smp's "micro-imagewise" takes it,
+            # so binary scores stay bit for bit what they were before classes were configurable.
+            results[name] = float(self.per_image(name).mean())
+            pooled = function(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), reduction="none", zero_division=1.0)
+            results[f"{name}_pooled"] = float(pooled[1:].mean())
+            if not self.classes.binary and name in PER_CLASS_METRICS:
+                per_class = self._per_image_and_class(name).mean(dim=0)
+                results.update({f"{name}_{class_name}": float(value) for class_name, value in zip(self.classes.names, per_class)})
         return results

@@ -14,6 +14,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
+from .classes import PERSON, ClassSpec
 from .config import ModelConfig
 from .errors import ModelError
 from .io import atomic_dir, atomic_path, read_json, write_json
@@ -21,9 +22,9 @@ from .io import atomic_dir, atomic_path, read_json, write_json
 CHECKPOINT_FORMAT = "unet-pipeline/checkpoint-v1"
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """A binary-segmentation network (one logit channel) with randomly initialised weights."""
-    return smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=1)
+def build_model(cfg: ModelConfig, classes: ClassSpec) -> nn.Module:
+    """A segmentation network with randomly initialised weights: one logit channel for binary, one per class otherwise."""
+    return smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=classes.channels)
 
 
 def fetch_pretrained_encoder(cfg: ModelConfig, out_dir: Path) -> None:
@@ -64,11 +65,12 @@ def load_pretrained_encoder(model: nn.Module, cfg: ModelConfig, pretrained_dir: 
         raise ModelError(f"{path}: cannot load pretrained encoder weights: {exc}") from None
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, **metadata: Any) -> None:
-    """State dict plus what is needed to rebuild the network; replaces ``path`` atomically."""
+def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: ClassSpec, **metadata: Any) -> None:
+    """State dict plus what is needed to rebuild and use the network; replaces ``path`` atomically."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": cfg.model_dump(),
+        "classes": classes.to_dict(),
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         **metadata,
     }
@@ -89,10 +91,15 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
+def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
+    # Checkpoints written before classes were configurable are all binary person models.
+    return ClassSpec.from_dict(payload["classes"]) if "classes" in payload else PERSON
+
+
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from a checkpoint, offline; returns it in eval mode with the metadata."""
     payload = read_checkpoint(path)
-    model = build_model(ModelConfig(**payload["model_config"]))
+    model = build_model(ModelConfig(**payload["model_config"]), checkpoint_classes(payload))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

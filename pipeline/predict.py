@@ -15,12 +15,12 @@ from tqdm import tqdm
 from .data import IMAGE_SUFFIXES, decode_image, eval_transform
 from .engine import resolve_device
 from .errors import DataError, ModelError
-from .inference import InferenceSettings, predict_logits
+from .classes import ClassSpec
+from .inference import InferenceSettings, class_map, class_probabilities, predict_logits
 from .io import write_png
-from .model import load_model
+from .model import checkpoint_classes, load_model
 
 DEFAULT_THRESHOLD = 0.5
-OVERLAY_COLOUR = np.array([255, 64, 64], np.float32)
 
 
 def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> Predictor:
@@ -34,13 +34,15 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
         if not path.is_file():
             raise ModelError(f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)")
         settings = InferenceSettings.beside(path)
-        if settings is None:
-            print(f"predict: no evaluated settings beside {path} (run the evaluate stage); "
-                  f"using threshold {DEFAULT_THRESHOLD} without TTA")
         predictor = Predictor.load(path, settings or InferenceSettings(DEFAULT_THRESHOLD, False, ""), device)
+        if settings is None:
+            rule = f"threshold {DEFAULT_THRESHOLD}" if predictor.classes.binary else "the top class"
+            print(f"predict: no evaluated settings beside {path} (run the evaluate stage); using {rule} without TTA")
     target = resolve_device(device)
+    # --threshold only means something to a binary model; a multi-class one takes the top class.
+    keep = threshold is None or not predictor.classes.binary
     return replace(predictor, model=predictor.model.to(target), device=target,
-                   threshold=predictor.threshold if threshold is None else threshold)
+                   threshold=predictor.threshold if keep else threshold)
 
 
 def _registered_predictor(model_ref: str) -> Predictor:
@@ -76,19 +78,23 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
 class Predictor:
     model: torch.nn.Module
     image_size: int
-    threshold: float
+    threshold: float | None  # binary models only; multi-class ones take the top class
     tta: bool
     device: torch.device
+    classes: ClassSpec
 
     @classmethod
     def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> Predictor:
         model, meta = load_model(checkpoint)
         target = resolve_device(device)
-        return cls(model.to(target), int(meta["image_size"]), settings.threshold, settings.tta, target)
+        classes = checkpoint_classes(meta)
+        threshold = settings.threshold if classes.binary else None
+        return cls(model.to(target), int(meta["image_size"]), threshold, settings.tta, target, classes)
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Foreground probability per pixel, at each image's own size."""
+        """Per pixel, at each image's own size: the foreground probability (H x W) of a binary
+        model, the class probabilities (H x W x C) of a multi-class one."""
         normalise = eval_transform()
         batch = np.stack(
             [
@@ -97,27 +103,43 @@ class Predictor:
             ]
         )
         tensor = torch.from_numpy(batch.transpose(0, 3, 1, 2)).to(self.device)
-        probs = predict_logits(self.model, tensor, self.tta).sigmoid()[:, 0].float().cpu().numpy()
+        probs = class_probabilities(predict_logits(self.model, tensor, self.tta), self.classes).float().cpu().numpy()
+        # Resized as probabilities, then cut: smoother edges than resizing a class map.
         return [
-            cv2.resize(prob, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            cv2.resize(prob.transpose(1, 2, 0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
             for prob, image in zip(probs, images)
         ]
 
+    def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """H x W uint8 class ids per image (0/1 for binary)."""
+        maps = []
+        for prob in self.probabilities(images):
+            channels_first = prob[None, None] if prob.ndim == 2 else prob.transpose(2, 0, 1)[None]
+            maps.append(class_map(torch.from_numpy(np.ascontiguousarray(channels_first)), self.threshold)[0].numpy().astype(np.uint8))
+        return maps
+
+    def mask_values(self, classes_map: np.ndarray) -> np.ndarray:
+        """What a mask file holds: 0/255 for binary (viewable, as always), class ids otherwise."""
+        return classes_map * 255 if self.classes.binary else classes_map
+
     def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return [(prob >= self.threshold).astype(np.uint8) * 255 for prob in self.probabilities(images)]
+        return [self.mask_values(classes_map) for classes_map in self.class_maps(images)]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, classes_map: np.ndarray, classes: ClassSpec) -> np.ndarray:
+    """The photo with each foreground class blended half and half with its colour."""
     blended = image.astype(np.float32)
-    foreground = mask > 0
-    blended[foreground] = 0.5 * blended[foreground] + 0.5 * OVERLAY_COLOUR
+    for class_id, colour in enumerate(classes.overlay_colours(), start=1):
+        where = classes_map == class_id
+        blended[where] = 0.5 * blended[where] + 0.5 * np.array(colour, np.float32)
     return blended.astype(np.uint8)
 
 
 def predict_files(
     predictor: Predictor, files: list[Path], out_dir: Path, *, batch_size: int = 8, with_overlay: bool = False
 ) -> tuple[list[Path], list[str]]:
-    """Write ``<stem>.png`` masks (0/255, original size) into ``out_dir``; bad files are reported, not fatal."""
+    """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``;
+    bad files are reported, not fatal."""
     written: list[Path] = []
     failures: list[str] = []
     used_names: set[str] = set()
@@ -132,14 +154,14 @@ def predict_files(
                 progress.update(1)
         if not batch:
             continue
-        for (path, image), mask in zip(batch, predictor.masks([image for _, image in batch])):
+        for (path, image), classes_map in zip(batch, predictor.class_maps([image for _, image in batch])):
             name = path.stem
             while name in used_names:  # same stem from two folders: keep both
                 name += "_"
             used_names.add(name)
-            write_png(out_dir / f"{name}.png", mask)
+            write_png(out_dir / f"{name}.png", predictor.mask_values(classes_map))
             if with_overlay:
-                write_png(out_dir / f"{name}_overlay.png", overlay(image, mask))
+                write_png(out_dir / f"{name}_overlay.png", overlay(image, classes_map, predictor.classes))
             written.append(out_dir / f"{name}.png")
             progress.update(1)
     progress.close()
@@ -151,8 +173,8 @@ def run(inputs: list[str], model_ref: str, out_dir: Path, *, threshold: float | 
     files = list(expand_inputs(inputs))
     predictor = load_predictor(model_ref, threshold=threshold, device=device)
     written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
-    print(f"predict: wrote {len(written)} mask(s) to {out_dir} (threshold {predictor.threshold:g}"
-          f"{', flip TTA' if predictor.tta else ''})")
+    rule = f"threshold {predictor.threshold:g}" if predictor.classes.binary else f"top class of {predictor.classes.count}"
+    print(f"predict: wrote {len(written)} mask(s) to {out_dir} ({rule}{', flip TTA' if predictor.tta else ''})")
     for failure in failures:
         print(f"predict: skipped {failure}")
     return 1 if failures else 0

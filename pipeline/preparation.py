@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .classes import ClassSpec
 from .config import DataConfig, SplitConfig
 from .data import PreparedData, write_split
 from .errors import DataError
@@ -37,7 +38,7 @@ class Preparation:
     duplicates: list[list[str]]  # ids of pairs whose decoded images are identical
 
 
-def prepare(pairs: Sequence[Pair], image_size: int) -> Preparation:
+def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Preparation:
     """Read, repair and resize every pair; hash the kept files' bytes for provenance."""
     resize = A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)])
     images, masks, records, bad = [], [], [], []
@@ -45,7 +46,7 @@ def prepare(pairs: Sequence[Pair], image_size: int) -> Preparation:
     content = hashlib.sha256()
     for pair in tqdm(sorted(pairs, key=lambda pair: pair.id), desc="prepare", unit="pair"):
         image_bytes, mask_bytes = pair.image.read_bytes(), pair.mask.read_bytes()
-        sample = read_pair(pair, image_bytes, mask_bytes)
+        sample = read_pair(pair, image_bytes, mask_bytes, classes)
         if isinstance(sample, BadSample):
             bad.append(sample)
             continue
@@ -59,7 +60,7 @@ def prepare(pairs: Sequence[Pair], image_size: int) -> Preparation:
         images.append(resized["image"])
         masks.append(resized["mask"])
         height, width = sample.image.shape[:2]
-        foreground = float(resized["mask"].mean())
+        foreground = float((resized["mask"] > 0).mean())
         records.append(PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs)))
     shape = (0, image_size, image_size)
     data = PreparedData(
@@ -85,7 +86,8 @@ def check_policy(bad: Sequence[BadSample], policy: str) -> None:
 def build_split(raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: DataConfig, split_cfg: SplitConfig) -> dict[str, Any]:
     """Everything the split stage does; returns the report it wrote."""
     inventory = find_inventory(raw_dir, data_cfg.layout)
-    prepared = prepare(inventory.pairs, data_cfg.image_size)
+    classes = data_cfg.class_spec()
+    prepared = prepare(inventory.pairs, data_cfg.image_size, classes)
     bad = inventory.bad + prepared.bad
     check_policy(bad, data_cfg.on_bad_sample)
     if not prepared.records:
@@ -98,7 +100,7 @@ def build_split(raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: Dat
         seed=split_cfg.seed,
         data_hash=prepared.data.content_hash,
     )
-    write_split(split_dir, prepared.data, assignment)
+    write_split(split_dir, prepared.data, assignment, classes)
     report = build_report(
         root=raw_dir, layout=inventory.layout, policy=data_cfg.on_bad_sample, found=inventory.found,
         records=prepared.records, bad=bad, ignored=inventory.ignored, duplicates=prepared.duplicates,

@@ -3,7 +3,8 @@
 Photos are decoded as ``predict`` decodes them (``data.decode_image``: 8-bit RGB, EXIF
 orientation applied), so a model sees the same pixels in training and in use. What
 that decoding changes (grey to RGB, alpha dropped, 16 bits to 8, rotation) is recorded
-as a repair. Masks are read with their true depth and values and without rotation.
+as a repair. Masks are read with their true depth and values and without rotation, and
+turned into class ids as ``data.classes`` and ``data.palette`` say they encode them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .classes import ClassSpec, Colour
 from .data import decode_image
 from .layouts import Pair
 from .report import BadSample, Repair
@@ -30,7 +32,7 @@ GREY_BAND = (1 / 8, 7 / 8)
 @dataclass
 class Sample:
     image: np.ndarray  # H x W x 3 uint8 RGB
-    mask: np.ndarray  # H x W uint8 in {0, 1}
+    mask: np.ndarray  # H x W uint8 class ids (0/1 for binary)
     repairs: list[Repair]
 
 
@@ -113,28 +115,78 @@ def _single_channel(raw: np.ndarray, path) -> np.ndarray:
         return raw
     colour = raw[..., :3] if raw.shape[2] >= 3 else raw[..., :1]
     if not (colour == colour[..., :1]).all():
-        raise _Rejected("mask_colour", path, "mask has colours (its channels differ); expected a single-channel binary mask")
+        raise _Rejected(
+            "mask_colour", path,
+            "mask has colours (its channels differ); expected a single-channel mask (colour masks need data.palette)",
+        )
     return colour[..., 0]
 
 
-def read_mask(data: bytes, path) -> tuple[np.ndarray, list[Repair]]:
+def _binary_mask(mask: np.ndarray, path) -> tuple[np.ndarray, list[Repair]]:
     """A 0/1 mask. 0/255, 0/1 and 0/65535 pass as they are; near-binary masks are thresholded (recorded)."""
-    raw = _check_decodable(data, path)
-    repairs = [Repair("mask_channels", "mask stored with several identical channels; one kept")] if raw.ndim == 3 else []
-    mask = _single_channel(raw, path)
     full = int(np.iinfo(mask.dtype).max)
     values = np.unique(mask)
     if values.max(initial=0) <= 1 or set(values.tolist()) <= {0, full}:
-        return (mask > 0).astype(np.uint8), repairs
-    shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if len(values) > 6 else "")
+        return (mask > 0).astype(np.uint8), []
+    shown = _listed(values.tolist())
     if values.max() < full / 2:
         raise _Rejected("mask_values", path, f"mask values {shown} are neither 0/{full} nor 0/1 (class labels?)")
     grey = float(np.mean((mask > full * GREY_BAND[0]) & (mask < full * GREY_BAND[1])))
     if grey > MAX_GREY_MASK_FRACTION:
         raise _Rejected("mask_values", path, f"{grey:.0%} of the mask's pixels are grey (values {shown}): not a binary mask")
     half = (full + 1) // 2
-    repairs.append(Repair("mask_thresholded", f"mask had {len(values)} grey levels (anti-aliased edges): thresholded at {half}"))
-    return (mask >= half).astype(np.uint8), repairs
+    return (mask >= half).astype(np.uint8), [
+        Repair("mask_thresholded", f"mask had {len(values)} grey levels (anti-aliased edges): thresholded at {half}")
+    ]
+
+
+def _index_mask(mask: np.ndarray, path, classes: ClassSpec) -> np.ndarray:
+    """Class ids as stored; no repair is safe here, since any value could be a real class."""
+    unknown = np.unique(mask[mask >= classes.count])
+    if unknown.size:
+        raise _Rejected(
+            "mask_values", path,
+            f"mask values {_listed(unknown.tolist())} are not class ids: data.classes lists {classes.count} classes (ids 0-{classes.count - 1})",
+        )
+    return mask.astype(np.uint8)
+
+
+def _palette_mask(raw: np.ndarray, path, palette: tuple[Colour, ...]) -> np.ndarray:
+    """Class ids from exact colour matches; a colour outside the palette (anti-aliasing, a stray label) is refused."""
+    if raw.dtype != np.uint8:
+        raise _Rejected("mask_values", path, f"{raw.dtype} colour mask; palette masks must be 8-bit RGB like data.palette")
+    if raw.ndim == 2:
+        rgb = cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
+    elif raw.shape[2] in (3, 4):
+        rgb = raw[..., 2::-1]  # OpenCV's BGR(A) to RGB, alpha dropped
+    else:
+        raise _Rejected("mask_colour", path, f"mask has {raw.shape[2]} channels; palette masks are RGB")
+    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    palette_codes = np.array([(r << 16) | (g << 8) | b for r, g, b in palette], np.int32)
+    found = np.unique(codes)
+    unknown = found[~np.isin(found, palette_codes)]
+    if unknown.size:
+        colours = [f"[{code >> 16}, {(code >> 8) & 255}, {code & 255}]" for code in unknown.tolist()]
+        raise _Rejected("mask_colour", path, f"mask colours {_listed(colours)} are not in data.palette")
+    order = np.argsort(palette_codes)
+    return order[np.searchsorted(palette_codes[order], codes)].astype(np.uint8)
+
+
+def _listed(values: list) -> str:
+    return ", ".join(map(str, values[:6])) + (", ..." if len(values) > 6 else "")
+
+
+def read_mask(data: bytes, path, classes: ClassSpec) -> tuple[np.ndarray, list[Repair]]:
+    """Class ids per pixel (0/1 for two classes), as ``classes`` says masks encode them."""
+    raw = _check_decodable(data, path)
+    if classes.palette is not None:
+        return _palette_mask(raw, path, classes.palette), []
+    repairs = [Repair("mask_channels", "mask stored with several identical channels; one kept")] if raw.ndim == 3 else []
+    mask = _single_channel(raw, path)
+    if not classes.binary:
+        return _index_mask(mask, path, classes), repairs
+    mask, thresholded = _binary_mask(mask, path)
+    return mask, repairs + thresholded
 
 
 def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], path) -> tuple[np.ndarray, list[Repair]]:
@@ -148,15 +200,15 @@ def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], path) -> tuple[np.n
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; "
             "the aspect ratios differ, so the mask cannot be rescaled to fit",
         )
-    # Nearest neighbour keeps the mask binary.
+    # Nearest neighbour keeps every pixel a valid class id.
     resized = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     return resized, [Repair("mask_resized", f"mask resized from {mask.shape[1]}x{mask.shape[0]} to {width}x{height} (nearest neighbour)")]
 
 
-def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes) -> Sample | BadSample:
+def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes, classes: ClassSpec) -> Sample | BadSample:
     """The pair's image and mask, agreeing in size and orientation, or the record of why not."""
     try:
-        mask, mask_repairs = read_mask(mask_bytes, pair.mask)
+        mask, mask_repairs = read_mask(mask_bytes, pair.mask, classes)
         image, image_repairs = read_image(image_bytes, pair.image, mask.shape)
         mask, fit_repairs = fit_mask(mask, image.shape, pair.mask)
     except _Rejected as rejected:

@@ -1,4 +1,4 @@
-"""The registered model: an MLflow pyfunc, logged as code, that takes images and returns masks.
+"""The registered model: an MLflow pyfunc, logged as code, that takes images and returns class maps.
 
 MLflow runs this file to load the model (models-from-code), so imports are absolute and the
 last line hands MLflow the model object. The network is rebuilt from the checkpoint logged
@@ -8,10 +8,11 @@ Request bodies ``mlflow models serve`` accepts (POST /invocations, JSON):
 
 - ``{"inputs": ["<base64 of a JPEG/PNG/... file>", ...]}`` or
   ``{"dataframe_split": {"columns": ["image"], "data": [["<base64>"], ...]}}``:
-  each answer is the mask as a base64-encoded PNG (0 background, 255 foreground) at the
-  image's size;
+  each answer is the mask as a base64-encoded PNG at the image's size: for a binary model
+  0 background, 255 foreground; for a multi-class model the class id of each pixel
+  (0 background, 1 the first class after it, ... in the order of ``data.classes``);
 - ``{"inputs": <N x H x W x 3 (or 4, or no channel axis) pixel values 0-255>}``:
-  each answer is an H x W array of 0/255.
+  each answer is an H x W array of the same values.
 
 Anything else is answered with HTTP 400 and a message saying what is wrong with which image.
 """

@@ -20,14 +20,16 @@ from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from . import distributed
 from .config import Config, TrainConfig
-from .data import SegmentationDataset, eval_transform, load_split, read_split_info, train_transform
+from .classes import ClassSpec
+from .data import SegmentationDataset, eval_transform, load_split, read_split_info, split_classes, train_transform
 from .engine import choose_precision, evaluate, resolve_device, train_one_epoch
 from .io import atomic_path
-from .metrics import DiceBCELoss
+from .metrics import PER_CLASS_METRICS, SegmentationMetrics, build_loss
 from .model import ModelError, build_model, load_pretrained_encoder, read_checkpoint, save_checkpoint
 
 # Dice/IoU during training only monitor progress (model selection uses val loss); a fixed
 # threshold keeps evaluate.threshold out of training, so changing it reruns evaluate alone.
+# Multi-class models take the top class and ignore it.
 MONITOR_THRESHOLD = 0.5
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds")
 RESUME_FORMAT = "unet-pipeline/resume-v1"
@@ -63,10 +65,19 @@ class TrainState:
         return next(row for row in self.history if row["epoch"] == self.best_epoch)
 
 
-def training_fingerprint(cfg: Config, data_hash: str) -> str:
+def history_fields(classes: ClassSpec) -> tuple[str, ...]:
+    """Columns of metrics/history.csv: per-class validation scores too for multi-class models."""
+    if classes.binary:
+        return HISTORY_FIELDS
+    per_class = tuple(f"val_{metric}_{name}" for metric in PER_CLASS_METRICS for name in classes.names)
+    return HISTORY_FIELDS[:-2] + per_class + HISTORY_FIELDS[-2:]
+
+
+def training_fingerprint(cfg: Config, data_hash: str, classes: ClassSpec) -> str:
     """Identifies what a run computes, so ``last.pt`` is only resumed into the same run."""
     train = {key: value for key, value in cfg.train.model_dump().items() if key not in RUNTIME_ONLY_KEYS}
-    relevant = {"data_hash": data_hash, "data": cfg.data.image_size, "model": cfg.model.model_dump(), "train": train}
+    relevant = {"data_hash": data_hash, "data": cfg.data.image_size, "model": cfg.model.model_dump(), "train": train,
+                "classes": classes.to_dict()}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -104,6 +115,7 @@ class TrainingSession:
         self.topology, self.device = distributed.setup(resolve_device(cfg.train.device))
         self.precision = choose_precision(cfg.train.amp, self.device)
         self.split_info = read_split_info(split_dir)
+        self.classes = split_classes(self.split_info)
         torch.manual_seed(cfg.train.seed)
         cuda = self.device.type == "cuda"
         self.train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
@@ -128,7 +140,7 @@ class TrainingSession:
         self.val_loader = DataLoader(
             SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **loader_options
         )
-        self.model = build_model(cfg.model)
+        self.model = build_model(cfg.model, self.classes)
         load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
         self.model.to(self.device, memory_format=torch.channels_last)
         # What the loop calls; checkpoints always hold the plain model's weights.
@@ -140,8 +152,8 @@ class TrainingSession:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
-        self.loss_fn = DiceBCELoss()
-        self.state = TrainState(training_fingerprint(cfg, self.split_info["data_hash"]))
+        self.loss_fn = build_loss(self.classes)
+        self.state = TrainState(training_fingerprint(cfg, self.split_info["data_hash"], self.classes))
         self.resume_note = self._maybe_resume()
 
     def _maybe_resume(self) -> str:
@@ -200,20 +212,21 @@ class TrainingSession:
         self.train_data.transform.set_random_seed(epoch_seed + self.topology.rank)
 
     def _validate(self, epoch: int, train_loss: float, started: float) -> dict[str, float]:
-        val_loss, val_metrics = evaluate(
-            self.model, self.val_loader, self.loss_fn, self.device, MONITOR_THRESHOLD,
+        val_metrics = SegmentationMetrics(MONITOR_THRESHOLD, self.classes)
+        val_loss = evaluate(
+            self.model, self.val_loader, self.loss_fn, self.device, val_metrics,
             desc=f"epoch {epoch} val", precision=self.precision,
         )
         scores = val_metrics.compute()
-        return {
+        row = {
             "epoch": epoch,
             "train_loss": train_loss,
             "val_loss": val_loss,
-            "val_dice": scores["dice"],
-            "val_iou": scores["iou"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - started,
+            **{f"val_{name}": value for name, value in scores.items() if not name.endswith("_pooled")},
         }
+        return {field: row[field] for field in history_fields(self.classes)}
 
     def fit(self, tracker: Tracker) -> TrainState:
         """Train the remaining epochs. Under DDP every rank trains; rank 0 validates, saves and logs."""
@@ -237,7 +250,7 @@ class TrainingSession:
                 continue
             if improved:
                 save_checkpoint(
-                    self.best_path, self.model, self.cfg.model,
+                    self.best_path, self.model, self.cfg.model, self.classes,
                     image_size=self.cfg.data.image_size, epoch=epoch, val_loss=row["val_loss"],
                     val_dice=row["val_dice"], data_hash=self.split_info["data_hash"], fingerprint=self.state.fingerprint,
                 )

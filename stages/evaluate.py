@@ -1,20 +1,34 @@
-"""Stage evaluate: models/best.pt -> threshold tuned on val, test metrics, per-image scores, gallery,
-model card; logged to the training run, registered as a version, champion alias decided."""
+"""Stage evaluate: models/best.pt -> threshold tuned on val (binary), test metrics, per-image scores,
+confusion matrix, gallery, model card; logged to the training run, registered as a version,
+champion alias decided."""
 
 import mlflow
 
 from pipeline import paths
 from pipeline.card import render_card
 from pipeline.cli import run_stage
-from pipeline.config import load_config
+from pipeline.config import Config, load_config
+from pipeline.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
 from pipeline.data import read_split_info
-from pipeline.evaluation import PER_IMAGE_FIELDS, load_for_evaluation, predict_split
+from pipeline.evaluation import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
 from pipeline.gallery import CASES_EACH, render_gallery
 from pipeline.inference import InferenceSettings, file_digest
 from pipeline.io import write_csv, write_json, write_png, write_text
 from pipeline.registry import Contender, apply_decision, current_champion, decide_alias, register_model, version_tags
 from pipeline.thresholds import SWEEP_FIELDS, best_threshold, sweep
 from pipeline.tracking import RunInfo, log_to_run, require_run
+
+
+def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
+    """The binary cut-off and the validation sweep behind it. Multi-class models take the top
+    class: no threshold, an empty sweep, and evaluate.threshold does not apply."""
+    if not val.classes.binary:
+        return None, [], "each pixel takes its most probable class"
+    # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
+    curve = sweep(val.logits, val.masks)
+    if cfg.evaluate.threshold == "auto":
+        return best_threshold(curve), curve, "maximises mean Dice on the validation split"
+    return cfg.evaluate.threshold, curve, "fixed by evaluate.threshold"
 
 
 def main() -> None:
@@ -24,33 +38,36 @@ def main() -> None:
     split_info = read_split_info(paths.SPLIT_DIR)
     model, device = load_for_evaluation(paths.BEST_CHECKPOINT)
 
-    # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
     val = predict_split(model, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
-    curve = sweep(val.logits, val.masks)
-    tuned = cfg.evaluate.threshold == "auto"
-    threshold = best_threshold(curve) if tuned else cfg.evaluate.threshold
+    threshold, curve, source = choose_threshold(cfg, val)
     test = predict_split(model, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
-    metrics = {**test.scores(threshold), "threshold": threshold,
-               "val_dice_at_threshold": val.metrics(threshold).compute()["dice"]}
+    classes = test.classes
+    metrics = test.scores(threshold)
+    if classes.binary:
+        metrics.update(threshold=threshold, val_dice_at_threshold=val.metrics(threshold).compute()["dice"])
     per_image = test.per_image(threshold)
     dice = [row["dice"] for row in per_image]
 
     write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
-    write_png(paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy() > 0, test.predicted_masks(threshold), test.ids, dice))
+    confusion = test.metrics(threshold).confusion
+    write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, classes), CONFUSION_FIELDS)
+    write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, classes))
+    write_png(paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy(), test.predicted_masks(threshold), test.ids, dice, classes))
     settings = InferenceSettings(threshold, cfg.evaluate.tta, file_digest(paths.BEST_CHECKPOINT))
     settings.save_beside(paths.BEST_CHECKPOINT)
-    source = "maximises mean Dice on the validation split" if tuned else "fixed by evaluate.threshold"
     card = render_card(
         registered_model=cfg.mlflow.registered_model, run_id=run.run_id, params=cfg.flat(), split_info=split_info,
         metrics=metrics, threshold_source=source, worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
+        classes=classes,
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
     print("evaluate: " + "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if not key.endswith("_pooled")))
 
     log_to_run(run, metrics, cfg.mlflow.experiment,
-               artifacts=[paths.THRESHOLD_SWEEP, paths.TEST_PER_IMAGE, paths.GALLERY, paths.MODEL_CARD])
+               artifacts=[paths.THRESHOLD_SWEEP, paths.TEST_PER_IMAGE, paths.CONFUSION_TABLE, paths.CONFUSION_IMAGE,
+                          paths.GALLERY, paths.MODEL_CARD])
     name = cfg.mlflow.registered_model
     tags = version_tags(mlflow.get_run(run.run_id).data.tags, split_info, metrics)
     version = register_model(run_id=run.run_id, name=name, checkpoint=paths.BEST_CHECKPOINT, card=paths.MODEL_CARD,

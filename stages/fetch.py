@@ -12,7 +12,8 @@ from pipeline.model import fetch_pretrained_encoder
 def main() -> None:
     cfg = load_config()
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
-    fetch_dataset(cfg.data.source, paths.RAW_DIR, manifest=manifest, cache_dir=paths.DOWNLOAD_CACHE)
+    fetch_dataset(cfg.data.source, paths.RAW_DIR, manifest=manifest, cache_dir=paths.DOWNLOAD_CACHE,
+                  classes=len(cfg.data.classes))
     print(f"fetch: {cfg.data.source} -> {paths.RAW_DIR}" + (f" (verified against {manifest})" if manifest else ""))
     fetch_pretrained_encoder(cfg.model, paths.PRETRAINED_DIR)
 

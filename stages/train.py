@@ -11,7 +11,7 @@ from pipeline.config import Config, load_config
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.report import report_headline
 from pipeline.tracking import RunInfo, connect, git_commit, training_run
-from pipeline.training import HISTORY_FIELDS, NoTracker, TrainingSession, summary
+from pipeline.training import NoTracker, TrainingSession, history_fields, summary
 
 
 def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
@@ -23,7 +23,7 @@ def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> 
             state = session.fit(tracker)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(session.interrupted_note()) from None
-        write_csv(paths.TRAIN_HISTORY, state.history, HISTORY_FIELDS)
+        write_csv(paths.TRAIN_HISTORY, state.history, history_fields(session.classes))
         write_json(paths.TRAIN_METRICS, summary(state))
         mlflow.log_metrics(report_headline(read_json(paths.DATA_REPORT)))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)

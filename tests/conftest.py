@@ -64,12 +64,16 @@ def make_dataset(root: Path, count: int = 12, size: int = 48, *, image_dir="imag
     return root
 
 
-def build_test_split(raw: Path, out: Path, image_size: int, val_fraction: float, test_fraction: float, seed: int = 0) -> Path:
+def build_test_split(
+    raw: Path, out: Path, image_size: int, val_fraction: float, test_fraction: float, seed: int = 0,
+    classes: tuple[str, ...] = ("background", "person"),
+) -> Path:
     """Run the split stage's work on ``raw`` into ``out/split`` (report beside it); returns the split folder."""
     from pipeline.config import DataConfig, SplitConfig
     from pipeline.preparation import build_split
 
-    data = DataConfig(source="unused", manifest=None, layout="auto", on_bad_sample="error", image_size=image_size)
+    data = DataConfig(source="unused", manifest=None, layout="auto", classes=list(classes), palette=None,
+                      on_bad_sample="error", image_size=image_size)
     split = SplitConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     build_split(raw, out / "split", out / "report.json", data, split)
     return out / "split"

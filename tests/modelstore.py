@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import torch
 
+from pipeline.classes import PERSON, ClassSpec
 from pipeline.config import ModelConfig
 from pipeline.inference import InferenceSettings, file_digest
 from pipeline.model import build_model, save_checkpoint
@@ -16,9 +17,9 @@ TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
 NAME = "test-unet"
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32) -> Path:
+def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON) -> Path:
     torch.manual_seed(seed)
-    save_checkpoint(path, build_model(TINY_MODEL), TINY_MODEL, image_size=image_size)
+    save_checkpoint(path, build_model(TINY_MODEL, classes), TINY_MODEL, classes, image_size=image_size)
     return path
 
 

@@ -85,3 +85,28 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path: Path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(
+    ("classes", "palette", "expected"),
+    [
+        (["background"], None, "data.classes: List should have at least 2 items"),
+        (["background", "a b"], None, "data.classes: class name 'a b' must be letters, digits"),
+        (["background", "x", "x"], None, "data.classes: class names must be distinct; repeated: x"),
+        (["background", "x"], [[0, 0, 0]], "data.palette: has 1 colours for 2 classes"),
+        (["background", "x"], [[0, 0, 0], [0, 0, 300]], "data.palette: each colour must be [R, G, B] with values 0-255"),
+        (["background", "x"], [[0, 0, 0], [0, 0, 0]], "data.palette: each class needs its own colour"),
+    ],
+)
+def test_bad_classes_or_palette_fail_naming_the_key(params, classes, palette, expected):
+    params["data"].update(classes=classes, palette=palette)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(params)
+    assert expected in str(caught.value)
+
+
+def test_classes_default_to_binary_person_and_accept_a_palette(params):
+    assert parse_config(params).data.class_spec().binary
+    params["data"].update(classes=["background", "road", "tree"], palette=[[0, 0, 0], [128, 64, 128], [0, 255, 0]])
+    spec = parse_config(params).data.class_spec()
+    assert (spec.count, spec.channels, spec.palette[1]) == (3, 3, (128, 64, 128))

@@ -4,6 +4,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from pipeline.archive import extract
@@ -74,7 +76,7 @@ def test_not_found_is_not_retried(tmp_path: Path):
 
 def test_unreachable_source_says_how_to_use_a_local_copy(tmp_path: Path):
     with pytest.raises(FetchError) as caught:
-        fetch_dataset(closed_port_url(), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(closed_port_url(), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     message = str(caught.value)
     assert "could not download data.source" in message and "cannot connect" in message
     assert "dvc exp run -S data.source=" in message
@@ -85,7 +87,7 @@ def test_unreachable_source_says_how_to_use_a_local_copy(tmp_path: Path):
 def test_reference_zip_over_http_verifies_against_the_committed_manifest(tmp_path: Path, shared_zip: Path):
     with FileServer() as server:
         server.add("/master.zip", shared_zip.read_bytes())
-        fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+        fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
     raw = tmp_path / "raw"
     assert len(list((raw / "Training_Images").glob("*.jpg"))) == 290
     assert len(list((raw / "Ground_Truth").glob("*.png"))) == 290
@@ -103,9 +105,9 @@ def test_repacked_archive_of_the_same_files_passes_and_a_changed_file_fails(tmp_
             entry.size = len(data)
             tar.addfile(entry, io.BytesIO(data))
             bad.writestr(info, data + b"x" if info.filename.endswith("Ground_Truth/7.png") else data)
-    fetch_dataset(str(repacked), tmp_path / "ok", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+    fetch_dataset(str(repacked), tmp_path / "ok", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
     with pytest.raises(FetchError, match=r"content differs \(1\): Ground_Truth/7.png"):
-        fetch_dataset(str(tampered), tmp_path / "bad", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+        fetch_dataset(str(tampered), tmp_path / "bad", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
     assert not (tmp_path / "bad").exists()
 
 
@@ -117,7 +119,7 @@ def test_wrong_bytes_from_the_server_fail_and_are_not_cached(tmp_path: Path):
         route = server.add("/master.zip", archive.read_bytes())
         for _ in range(2):
             with pytest.raises(FetchError, match="does not match the manifest"):
-                fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+                fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
     assert len(route.requests) == 2  # the bad download was dropped, not reused
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "cache").iterdir()) == []
@@ -125,17 +127,17 @@ def test_wrong_bytes_from_the_server_fail_and_are_not_cached(tmp_path: Path):
 
 def test_local_folder_source_and_missing_path(tmp_path: Path):
     make_dataset(tmp_path / "mine", count=3)
-    fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     assert build_manifest(tmp_path / "raw") == build_manifest(tmp_path / "mine")
     with pytest.raises(FetchError, match="does not exist"):
-        fetch_dataset(str(tmp_path / "absent"), tmp_path / "raw2", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(str(tmp_path / "absent"), tmp_path / "raw2", manifest=None, cache_dir=tmp_path / "cache", classes=2)
 
 
 def test_refetch_replaces_the_previous_content(tmp_path: Path):
     make_dataset(tmp_path / "a", count=3)
     make_dataset(tmp_path / "b", count=2)
-    fetch_dataset(str(tmp_path / "a"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
-    fetch_dataset(str(tmp_path / "b"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset(str(tmp_path / "a"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
+    fetch_dataset(str(tmp_path / "b"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     assert len(list((tmp_path / "raw" / "images").iterdir())) == 2
 
 
@@ -145,7 +147,7 @@ def test_manifest_lists_missing_and_unexpected_files(tmp_path: Path):
     manifest["images/999.jpg"] = manifest.pop("images/001.jpg")
     write_json(tmp_path / "m.json", {"files": manifest})
     with pytest.raises(FetchError) as caught:
-        fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=tmp_path / "m.json", cache_dir=tmp_path / "c")
+        fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=tmp_path / "m.json", cache_dir=tmp_path / "c", classes=2)
     assert "missing (1): images/999.jpg" in str(caught.value)
     assert "unexpected (1): images/001.jpg" in str(caught.value)
 
@@ -156,7 +158,7 @@ def test_archive_entries_escaping_the_target_are_refused(tmp_path: Path, name: s
     with zipfile.ZipFile(archive, "w") as bundle:
         bundle.writestr(zipfile.ZipInfo(name), b"pwned")
     with pytest.raises(FetchError, match="outside the target folder"):
-        fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "raw").exists()
 
 
@@ -167,7 +169,7 @@ def test_links_in_archives_are_refused(tmp_path: Path):
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
     with pytest.raises(FetchError, match="link or special file"):
-        fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     zipped = tmp_path / "link.zip"
     with zipfile.ZipFile(zipped, "w") as bundle:
         info = zipfile.ZipInfo("data/passwd")
@@ -178,14 +180,14 @@ def test_links_in_archives_are_refused(tmp_path: Path):
 
 
 def extract_and_wrap(archive: Path, tmp_path: Path) -> None:
-    fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset(str(archive), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
 
 
 def test_corrupt_archive_is_named(tmp_path: Path):
     bad = tmp_path / "broken.zip"
     bad.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(FetchError, match="broken.zip: cannot read archive"):
-        fetch_dataset(str(bad), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(str(bad), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
 
 
 def test_plain_extract_keeps_nested_folders(tmp_path: Path):
@@ -199,9 +201,9 @@ def test_plain_extract_keeps_nested_folders(tmp_path: Path):
 
 
 def test_synthetic_source_is_generated_offline_and_identical_every_time(tmp_path: Path):
-    fetch_dataset("synthetic:12", tmp_path / "a", manifest=None, cache_dir=tmp_path / "cache")
-    fetch_dataset("synthetic:12", tmp_path / "b", manifest=None, cache_dir=tmp_path / "cache")
-    fetch_dataset("synthetic:5", tmp_path / "c", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset("synthetic:12", tmp_path / "a", manifest=None, cache_dir=tmp_path / "cache", classes=2)
+    fetch_dataset("synthetic:12", tmp_path / "b", manifest=None, cache_dir=tmp_path / "cache", classes=2)
+    fetch_dataset("synthetic:5", tmp_path / "c", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     first = build_manifest(tmp_path / "a")
     assert len(first) == 24 and first == build_manifest(tmp_path / "b")
     assert build_manifest(tmp_path / "c") == {name: digest for name, digest in first.items() if name[-8:-4] < "0005"}
@@ -210,17 +212,36 @@ def test_synthetic_source_is_generated_offline_and_identical_every_time(tmp_path
 
 
 def test_plain_synthetic_has_the_default_size(tmp_path: Path):
-    fetch_dataset("synthetic", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+    fetch_dataset("synthetic", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     assert len(list((tmp_path / "raw" / "masks").glob("*.png"))) == DEFAULT_COUNT
 
 
 @pytest.mark.parametrize("source", ["synthetic:0", "synthetic:ten", "synthetic:"])
 def test_malformed_synthetic_source_is_named(tmp_path: Path, source: str):
     with pytest.raises(FetchError, match=f"data.source: '{source}': write synthetic or synthetic:N"):
-        fetch_dataset(source, tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache")
+        fetch_dataset(source, tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
 
 
 def test_synthetic_source_with_a_manifest_says_to_drop_it(tmp_path: Path):
     with pytest.raises(FetchError, match="set data.manifest: null"):
-        fetch_dataset("synthetic:4", tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache")
+        fetch_dataset("synthetic:4", tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
     assert not (tmp_path / "raw").exists()
+
+
+def test_synthetic_source_draws_one_shape_kind_per_listed_class(tmp_path: Path):
+    fetch_dataset("synthetic:24", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=4)
+    masks = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in sorted((tmp_path / "raw" / "masks").glob("*.png"))]
+    assert len(masks) == 24 and all(mask.ndim == 2 for mask in masks)
+    # Index masks: every class id appears somewhere, and nothing beyond the last class.
+    assert set(np.unique(np.stack(masks)).tolist()) == {0, 1, 2, 3}
+    # Class 2 is always a rectangle: in an image holding only that class, its pixels fill their bounding box.
+    only_rectangles = [mask for mask in masks if set(np.unique(mask).tolist()) == {0, 2}]
+    for mask in only_rectangles:
+        rows, columns = np.nonzero(mask)
+        box = mask[rows.min() : rows.max() + 1, columns.min() : columns.max() + 1]
+        assert (box == 2).mean() > 0.5
+
+
+def test_synthetic_source_names_the_class_limit(tmp_path: Path):
+    with pytest.raises(FetchError, match="data.classes: the synthetic source .* 2 to 6 classes"):
+        fetch_dataset("synthetic:2", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=9)

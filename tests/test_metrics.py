@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pipeline.metrics import DiceBCELoss, SegmentationMetrics
+from pipeline.classes import PERSON, ClassSpec
+from pipeline.metrics import METRIC_FUNCTIONS, DiceBCELoss, DiceCELoss, SegmentationMetrics, build_loss
 
 BIG = 20.0  # a logit whose sigmoid is 1 to float precision
 
@@ -53,3 +54,46 @@ def test_threshold_is_applied_to_probabilities():
     metrics = SegmentationMetrics(0.9)
     metrics.update(torch.full((1, 1, 2, 2), 1.0), torch.ones(1, 1, 2, 2))  # sigmoid(1) = 0.73 < 0.9
     assert metrics.compute()["recall"] == 0.0
+
+
+THREE = ClassSpec(("background", "cat", "dog"), None)
+
+
+def logits_for_classes(class_ids: list[list[int]], count: int = 3) -> torch.Tensor:
+    """N=1 x C x H x W logits whose top class is ``class_ids``, confidently."""
+    one_hot = torch.nn.functional.one_hot(torch.tensor(class_ids), count).permute(2, 0, 1).float()
+    return (one_hot * 2 - 1)[None] * BIG
+
+
+def test_multiclass_loss_is_zero_for_a_perfect_prediction_and_grows_with_errors():
+    truth = torch.tensor([[0, 1], [2, 2]], dtype=torch.float32)[None, None]
+    loss = build_loss(THREE)
+    assert isinstance(loss, DiceCELoss) and isinstance(build_loss(PERSON), DiceBCELoss)
+    assert float(loss(logits_for_classes([[0, 1], [2, 2]]), truth)) == pytest.approx(0, abs=1e-6)
+    # One pixel of four confidently wrong: cross-entropy 2 * BIG / 4 = 10, plus a Dice term.
+    assert float(loss(logits_for_classes([[0, 1], [2, 1]]), truth)) > 10
+
+
+def test_multiclass_metrics_per_class_their_mean_and_the_confusion_matrix():
+    metrics = SegmentationMetrics(None, THREE)
+    truth = torch.tensor([[[[0, 1], [2, 2]]], [[[0, 0], [0, 0]]]], dtype=torch.float32)
+    metrics.update(torch.cat([logits_for_classes([[0, 1], [2, 1]]), logits_for_classes([[0, 0], [0, 0]])]), truth)
+    scores = metrics.compute()
+    # Image 1: background perfect; cat TP1 FP1 -> Dice 2/3, IoU 1/2; dog TP1 FN1 -> Dice 2/3, IoU 1/2.
+    # Image 2: only background, predicted so: every class scores 1 (absent and not predicted).
+    assert scores["dice_background"] == 1.0
+    assert scores["dice_cat"] == pytest.approx((2 / 3 + 1) / 2) and scores["dice_dog"] == pytest.approx((2 / 3 + 1) / 2)
+    assert scores["iou_cat"] == pytest.approx(0.75) and scores["iou_dog"] == pytest.approx(0.75)
+    # The headline is the mean over the foreground classes, as binary's is the foreground's score.
+    assert scores["dice"] == pytest.approx((2 / 3 + 1) / 2) and scores["iou"] == pytest.approx(0.75)
+    # Pooled over both images: cat TP1 FP1 FN0, dog TP1 FP0 FN1 -> Dice 2/3 each.
+    assert scores["dice_pooled"] == pytest.approx(2 / 3)
+    assert metrics.per_image("dice").tolist() == pytest.approx([2 / 3, 1.0])
+    assert metrics.confusion.tolist() == [[5, 0, 0], [0, 1, 0], [0, 1, 1]]  # rows truth, columns prediction
+
+
+def test_binary_metrics_keep_their_names_and_count_a_confusion_matrix():
+    metrics = SegmentationMetrics(0.5)
+    metrics.update(logits_from([[1, 0], [1, 0]]), torch.tensor([[1, 1], [0, 0]], dtype=torch.float32)[None, None])
+    assert set(metrics.compute()) == {f"{name}{suffix}" for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
+    assert metrics.confusion.tolist() == [[1, 1], [1, 1]]

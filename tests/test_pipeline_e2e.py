@@ -104,7 +104,8 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert logged == {f"evaluation/{name}" for name in ("gallery.png", "model_card.md", "test_per_image.csv", "threshold_sweep.csv")}
+    assert logged == {f"evaluation/{name}" for name in ("confusion.csv", "confusion.png", "gallery.png", "model_card.md",
+                                                         "test_per_image.csv", "threshold_sweep.csv")}
 
 
 def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(project, client):

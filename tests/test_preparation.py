@@ -20,7 +20,8 @@ SPLIT = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=3)
 
 
 def data_config(policy: str = "error", layout: str = "auto") -> DataConfig:
-    return DataConfig(source="unused", manifest=None, layout=layout, on_bad_sample=policy, image_size=32)
+    return DataConfig(source="unused", manifest=None, layout=layout, classes=["background", "person"], palette=None,
+                      on_bad_sample=policy, image_size=32)
 
 
 def messy_dataset(root: Path) -> Path:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.layouts import Pair
 from pipeline.report import BadSample
+from pipeline.classes import PERSON, ClassSpec
 from pipeline.samples import read_pair
 
 PHOTO = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)  # 60 wide, 40 high, BGR
@@ -24,7 +25,7 @@ def encode(array: np.ndarray, suffix: str) -> bytes:
 
 
 def read(image: bytes, mask: bytes, image_name: str = "p.jpg", mask_name: str = "p.png"):
-    return read_pair(Pair("p", Path(image_name), Path(mask_name)), image, mask)
+    return read_pair(Pair("p", Path(image_name), Path(mask_name)), image, mask, PERSON)
 
 
 def repairs(sample) -> list[tuple[str, str]]:
@@ -166,3 +167,43 @@ def test_mask_with_another_aspect_ratio_is_rejected_naming_it():
         "size_mismatch", (Path("square.png"),),
         "mask is 40x40 but its image is 60x40; the aspect ratios differ, so the mask cannot be rescaled to fit",
     )
+
+
+THREE = ClassSpec(("background", "road", "tree"), None)
+PALETTE = ClassSpec(("background", "road", "tree"), ((0, 0, 0), (128, 64, 128), (0, 255, 0)))
+
+
+def read_classes(mask: bytes, classes: ClassSpec, mask_name: str = "p.png"):
+    return read_pair(Pair("p", Path("p.jpg"), Path(mask_name)), encode(PHOTO, ".jpg"), mask, classes)
+
+
+def test_index_mask_keeps_class_ids_and_refuses_ids_beyond_the_classes():
+    labels = np.zeros((40, 60), np.uint8)
+    labels[:, 20:40], labels[:, 40:] = 1, 2
+    sample = read_classes(encode(labels, ".png"), THREE)
+    assert np.array_equal(sample.mask, labels) and sample.repairs == []
+    labels[0, 0] = 7
+    bad = read_classes(encode(labels, ".png"), THREE, "seven.png")
+    assert bad == BadSample(
+        "mask_values", (Path("seven.png"),), "mask values 7 are not class ids: data.classes lists 3 classes (ids 0-2)"
+    )
+
+
+def test_palette_mask_maps_exact_colours_and_names_an_unknown_one():
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, 20:40] = (128, 64, 128)
+    rgb[:, 40:] = (0, 255, 0)
+    expected = np.zeros((40, 60), np.uint8)
+    expected[:, 20:40], expected[:, 40:] = 1, 2
+    sample = read_classes(encode(rgb[..., ::-1], ".png"), PALETTE)  # OpenCV writes BGR
+    assert np.array_equal(sample.mask, expected)
+    rgb[5, 5] = (127, 64, 128)  # an anti-aliased edge pixel: no exact match, no guess
+    bad = read_classes(encode(rgb[..., ::-1], ".png"), PALETTE, "edge.png")
+    assert bad == BadSample("mask_colour", (Path("edge.png"),), "mask colours [127, 64, 128] are not in data.palette")
+
+
+def test_two_classes_with_a_palette_read_colours_not_grey_levels():
+    two = ClassSpec(("background", "person"), ((0, 0, 0), (255, 0, 0)))
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[10:30, 15:45] = (255, 0, 0)
+    assert np.array_equal(read_classes(encode(rgb[..., ::-1], ".png"), two).mask, (MASK > 0).astype(np.uint8))
