@@ -37,7 +37,8 @@ from pipeline.data import SegmentationDataset, eval_transform, load_split, read_
 from pipeline.engine import Precision, evaluate, resolve_device, train_one_epoch
 from pipeline.fetch import fetch_dataset
 from pipeline.layouts import Pair, find_inventory
-from pipeline.metrics import DiceBCELoss
+from pipeline.classes import ClassSpec
+from pipeline.metrics import SegmentationMetrics, build_loss
 from pipeline.model import build_model, load_pretrained_encoder
 from pipeline.paths import PRETRAINED_DIR
 from pipeline.preparation import build_split
@@ -71,16 +72,17 @@ class Timed:
 class NotebookDataset(Dataset):
     """As in the reference notebook: read, decode and resize the full-size files at every access."""
 
-    def __init__(self, pairs: list[Pair], size: int, augment: bool):
+    def __init__(self, pairs: list[Pair], size: int, augment: bool, classes: ClassSpec):
         steps = [A.Resize(size, size)] + ([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)] if augment else [])
-        self.pairs, self.transform = pairs, A.Compose(steps + [A.Normalize()], seed=0)
+        self.pairs, self.classes = pairs, classes
+        self.transform = A.Compose(steps + [A.Normalize()], seed=0)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int):
         pair = self.pairs[index]
-        sample = read_pair(pair, pair.image.read_bytes(), pair.mask.read_bytes())
+        sample = read_pair(pair, pair.image.read_bytes(), pair.mask.read_bytes(), self.classes)
         out = self.transform(image=sample.image, mask=sample.mask)
         return torch.from_numpy(out["image"].transpose(2, 0, 1).copy()), torch.from_numpy(out["mask"])[None].float()
 
@@ -100,16 +102,23 @@ def _gpu_utilisation(device: torch.device) -> float | None:
         return None
 
 
+def val_dice(model, loader, loss_fn, device, classes) -> float:
+    """Both loops are scored the same way: fp32, the pipeline's metrics, the monitor threshold."""
+    metrics = SegmentationMetrics(MONITOR_THRESHOLD, classes)
+    evaluate(model, loader, loss_fn, device, metrics, "val", Precision(device.type))
+    return metrics.compute()["dice"]
+
+
 def notebook_loop(cfg, pairs, val_loader, epochs, target):
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    classes = ClassSpec.of(cfg.data.classes, cfg.data.palette)
+    model = build_model(cfg.model, classes)
     load_pretrained_encoder(model, cfg.model, PRETRAINED_DIR)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    loss_fn = DiceBCELoss()
-    loader = Timed(DataLoader(NotebookDataset(pairs, cfg.data.image_size, augment=True), batch_size=cfg.train.batch_size, shuffle=True))
-    fp32 = Precision(device.type)
+    loss_fn = build_loss(classes)
+    loader = Timed(DataLoader(NotebookDataset(pairs, cfg.data.image_size, augment=True, classes=classes), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True))
     train_seconds, images, dice, reached, utilisation = 0.0, 0, [], None, []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -123,7 +132,7 @@ def notebook_loop(cfg, pairs, val_loader, epochs, target):
             images += len(batch_images)
         train_seconds += time.perf_counter() - started
         utilisation.append(_gpu_utilisation(device))
-        dice.append(evaluate(model, val_loader, loss_fn, device, MONITOR_THRESHOLD, "val", fp32)[1].compute()["dice"])
+        dice.append(val_dice(model, val_loader, loss_fn, device, classes))
         if reached is None and dice[-1] >= target:
             reached = train_seconds
     return _result(images, train_seconds, loader.waiting, dice, reached, device, utilisation)
@@ -146,8 +155,7 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
             )[1]
             train_seconds += time.perf_counter() - started
             utilisation.append(_gpu_utilisation(session.device))
-            fp32 = Precision(session.device.type)
-            dice.append(evaluate(session.model, val_loader, session.loss_fn, session.device, MONITOR_THRESHOLD, "val", fp32)[1].compute()["dice"])
+            dice.append(val_dice(session.model, val_loader, session.loss_fn, session.device, session.classes))
             if reached is None and dice[-1] >= target:
                 reached = prepare_seconds + train_seconds
         result = _result(images, train_seconds, loader.waiting, dice, reached, session.device, utilisation)
