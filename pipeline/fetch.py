@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from . import archive, synthetic
 from .errors import FetchError
 from .download import DownloadError, download
-from .io import atomic_dir, read_json
+from .io import atomic_dir, read_json, sha256_file
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
@@ -29,14 +29,6 @@ OFFLINE_HINT = (
 
 def is_url(source: str) -> bool:
     return urlparse(source).scheme in {"http", "https"}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_manifest(root: str | Path) -> dict[str, str]:

@@ -4,7 +4,6 @@ beside the checkpoint."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from torch import nn
 
 from .classes import ClassSpec
 from .errors import ModelError
-from .io import read_json, write_json
+from .io import read_json, sha256_file, write_json
 
 SETTINGS_FILE = "inference.json"
 
@@ -42,10 +41,6 @@ def class_map(probabilities: torch.Tensor, threshold: float | None) -> torch.Ten
     return probabilities.argmax(dim=1)
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class InferenceSettings:
     """The probability cut-off and TTA a checkpoint was evaluated with, and so must be used with.
@@ -69,4 +64,4 @@ class InferenceSettings:
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{path}: not inference settings written by the evaluate stage ({exc})") from None
         # A retrained checkpoint whose evaluation has not run yet must not inherit the old threshold.
-        return settings if settings.checkpoint_sha256 == file_digest(checkpoint) else None
+        return settings if settings.checkpoint_sha256 == sha256_file(checkpoint) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -89,6 +90,14 @@ def write_png(path: str | Path, image: Any) -> None:
         raise ValueError(f"{path}: OpenCV could not encode the image as PNG")
     with atomic_path(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_json(path: str | Path) -> Any:

@@ -12,8 +12,8 @@ from pipeline.confusion import CONFUSION_FIELDS, confusion_rows, render_confusio
 from pipeline.data import read_split_info
 from pipeline.evaluation import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
 from pipeline.gallery import CASES_EACH, render_gallery
-from pipeline.inference import InferenceSettings, file_digest
-from pipeline.io import write_csv, write_json, write_png, write_text
+from pipeline.inference import InferenceSettings
+from pipeline.io import sha256_file, write_csv, write_json, write_png, write_text
 from pipeline.registry import Contender, apply_decision, current_champion, decide_alias, register_model, version_tags
 from pipeline.thresholds import SWEEP_FIELDS, best_threshold, sweep
 from pipeline.tracking import RunInfo, log_to_run, require_run
@@ -54,7 +54,7 @@ def main() -> None:
     write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, classes), CONFUSION_FIELDS)
     write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, classes))
     write_png(paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy(), test.predicted_masks(threshold), test.ids, dice, classes))
-    settings = InferenceSettings(threshold, cfg.evaluate.tta, file_digest(paths.BEST_CHECKPOINT))
+    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
     settings.save_beside(paths.BEST_CHECKPOINT)
     card = render_card(
         registered_model=cfg.mlflow.registered_model, run_id=run.run_id, params=cfg.flat(), split_info=split_info,

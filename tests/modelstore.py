@@ -9,7 +9,8 @@ import torch
 
 from pipeline.classes import PERSON, ClassSpec
 from pipeline.config import ModelConfig
-from pipeline.inference import InferenceSettings, file_digest
+from pipeline.inference import InferenceSettings
+from pipeline.io import sha256_file
 from pipeline.model import build_model, save_checkpoint
 from pipeline.registry import register_model
 
@@ -38,6 +39,6 @@ def register(root: Path, checkpoint: Path, *, threshold: float, tta: bool = Fals
         pass
     card = root / "card.md"
     card.write_text("# card\n")
-    settings = InferenceSettings(threshold, tta, file_digest(checkpoint))
+    settings = InferenceSettings(threshold, tta, sha256_file(checkpoint))
     version = register_model(run_id=run.info.run_id, name=NAME, checkpoint=checkpoint, card=card, settings=settings, tags=tags or {})
     return run.info.run_id, version

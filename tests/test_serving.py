@@ -85,9 +85,9 @@ def test_predict_reads_settings_beside_the_checkpoint_only_for_that_checkpoint(t
     InferenceSettings(0.35, True, "0" * 64).save_beside(checkpoint)  # written for another checkpoint
     assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
     assert "no evaluated settings beside" in capsys.readouterr().out
-    from pipeline.inference import file_digest
+    from pipeline.io import sha256_file
 
-    InferenceSettings(0.35, True, file_digest(checkpoint)).save_beside(checkpoint)
+    InferenceSettings(0.35, True, sha256_file(checkpoint)).save_beside(checkpoint)
     predictor = load_predictor(str(checkpoint), threshold=None, device="cpu")
     assert (predictor.threshold, predictor.tta) == (0.35, True)
 
