@@ -140,11 +140,15 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
 @pytest.mark.e2e
 def test_registered_version_alias_predict_and_serve_through_the_server(project, server, client, photos, tmp_path):
     info = run_info(project)
-    version = client.get_model_version(MODEL, info["model_version"])
+    # The evaluate stage registers the version and decides its alias (the first one is champion).
+    decision = json.loads((project / "models" / "registry.json").read_text())
+    version = client.get_model_version(MODEL, decision["version"])
     assert version.run_id == info["run_id"] and version.status == "READY"
     assert float(version.tags["test_dice"]) == pytest.approx(client.get_run(info["run_id"]).data.metrics["test_dice"], rel=1e-5)
-    client.set_registered_model_alias(MODEL, "team-review", info["model_version"])
-    assert client.get_model_version_by_alias(MODEL, "team-review").version == info["model_version"]
+    assert decision["alias"] == "champion"
+    assert client.get_model_version_by_alias(MODEL, "champion").version == decision["version"]
+    client.set_registered_model_alias(MODEL, "team-review", decision["version"])
+    assert client.get_model_version_by_alias(MODEL, "team-review").version == decision["version"]
 
     images = sorted((photos / "images").glob("*.jpg"))[:2]
     predicted = run(
@@ -216,7 +220,8 @@ def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project,
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline:
         status = run(project, "dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
+        # Finished tasks only: between states a task can be listed as neither queued nor running.
+        if status.count("Success") + status.count("Failed") >= 2:
             break
         time.sleep(5)  # each `dvc queue status` is a process of its own: poll gently on a small machine
     assert status.count("Success") == 2 and "Failed" not in status, status + run(project, "dvc", "queue", "logs", "-h").stdout
