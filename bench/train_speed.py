@@ -26,8 +26,6 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (environment set-up before albumentations is imported)
 import albumentations as A
-import cv2
-import numpy as np
 import torch
 from ruamel.yaml import YAML
 from torch.utils.data import DataLoader, Dataset

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from tests.conftest import PROJECT_ROOT, copy_project, load_params, make_dataset, tiny_params, write_params
-from tests.test_faults import GIT, environment, run
+from tests.test_faults import GIT, environment, run, run_queued_experiments
 
 SCRIPT = PROJECT_ROOT / "scripts" / "tracking_server.py"
 MODEL = "human-segmentation-unet"
@@ -211,20 +211,7 @@ def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, p
 
 @pytest.mark.e2e
 def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project, server, client):
-    for lr in ("0.002", "0.004"):
-        queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", MLFLOW_TRACKING_URI=server.tracking_uri)
-        assert queued.returncode == 0, queued.stderr
-    # The queue's workers inherit this environment, and with it the tracking server.
-    started = run(project, "dvc", "queue", "start", "--jobs", "2", MLFLOW_TRACKING_URI=server.tracking_uri)
-    assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 480
-    while time.monotonic() < deadline:
-        status = run(project, "dvc", "queue", "status").stdout
-        # Finished tasks only: between states a task can be listed as neither queued nor running.
-        if status.count("Success") + status.count("Failed") >= 2:
-            break
-        time.sleep(5)  # each `dvc queue status` is a process of its own: poll gently on a small machine
-    assert status.count("Success") == 2 and "Failed" not in status, status + run(project, "dvc", "queue", "logs", "-h").stdout
+    run_queued_experiments(project, ["0.002", "0.004"], MLFLOW_TRACKING_URI=server.tracking_uri)
     experiment = client.get_experiment_by_name("human-segmentation").experiment_id
     runs = [r for r in client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
