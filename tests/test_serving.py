@@ -16,7 +16,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import cv2
 import mlflow
 import numpy as np
 import pandas as pd
