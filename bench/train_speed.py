@@ -208,7 +208,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         source = Path(args.source)
         if not source.is_dir():
-            source = fetch_dataset(args.source, Path(workdir) / "raw", manifest=None, cache_dir=Path(workdir) / "cache")
+            source = fetch_dataset(
+                args.source, Path(workdir) / "raw", manifest=None, cache_dir=Path(workdir) / "cache", classes=len(cfg.data.classes)
+            )
         # The pipeline's one-off cost: the split stage itself (decode, repair, resize, split).
         started = time.perf_counter()
         split_dir = Path(workdir) / "split"
