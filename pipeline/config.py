@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from ruamel.yaml import YAML, YAMLError
@@ -128,7 +128,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0, le=10)
     seed: int = Field(ge=0)
-    num_workers: int = Field(ge=0, le=64)
+    num_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)]
     device: Literal["auto", "cpu", "cuda"]
     resume: bool
     amp: bool

@@ -40,6 +40,8 @@ def test_flat_names_every_parameter_once(params):
         ("model", "encoder", "resnet9000", "model.encoder: unknown encoder 'resnet9000'"),
         ("model", "encoder", "tu-not_a_timm_model", "model.encoder: timm has no model 'not_a_timm_model'"),
         ("train", "lrate", 0.1, "train.lrate: unknown key"),
+        ("train", "num_workers", "many", "train.num_workers"),
+        ("train", "num_workers", -1, "train.num_workers"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(params, section, key, value, expected):

@@ -132,3 +132,11 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(ModelError, match="foreign.pt: not a checkpoint written by this pipeline"):
         load_model(tmp_path / "foreign.pt")
+
+
+def test_loader_workers_auto_is_none_on_cpu_and_some_on_gpu():
+    from pipeline.training import loader_workers
+
+    assert loader_workers("auto", torch.device("cpu")) == 0
+    assert 1 <= loader_workers("auto", torch.device("cuda")) <= 8
+    assert loader_workers(3, torch.device("cpu")) == 3
