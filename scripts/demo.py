@@ -40,16 +40,16 @@ def run(*command: str, env: dict[str, str]) -> None:
     subprocess.run(command, cwd=DEMO, env=env, check=True)
 
 
-def copy_project() -> None:
-    """Tracked and not-ignored files only: what a clone holds, plus uncommitted edits."""
+def copy_tracked_files(project: Path, dest: Path) -> None:
+    """Tracked and not-ignored files only: what a clone holds, plus uncommitted edits (tests use it too)."""
     listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=PROJECT, capture_output=True, check=True
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=project, capture_output=True, check=True
     ).stdout.decode().split("\0")
     for name in filter(None, listed):
-        source = PROJECT / name
+        source = project / name
         if source.is_file():
-            (DEMO / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, DEMO / name)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
 
 
 def write_demo_params() -> None:
@@ -94,7 +94,7 @@ def main() -> None:
         shutil.rmtree(DEMO)
     DEMO.mkdir()
     step(f"copying the project into {DEMO.relative_to(PROJECT)}/ (your params.yaml, data and mlflow.db are not touched)")
-    copy_project()
+    copy_tracked_files(PROJECT, DEMO)
     write_demo_params()
     git = ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost"]
     env = stage_env()
