@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro demo test bench venv tracking-server tracking-server-stop clean-venv
+.PHONY: repro demo test lint bench venv tracking-server tracking-server-stop clean-venv
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,15 @@ demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
 # As root with apt-get, installs PostgreSQL for the team tests when it is missing (else they skip, saying why).
-test: $(INSTALLED)
+test: lint
 	bash scripts/ensure-postgresql.sh
 	$(BIN)/python -m pytest
+
+# Style, formatting and declared-vs-imported dependencies; configured in pyproject.toml.
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/deptry .
 
 # Just the environment: a colleague runs `dvc pull` before anything else (README, "Working as a team").
 venv: $(INSTALLED)

@@ -13,11 +13,11 @@ import contextlib
 import time
 import warnings
 
+import segmentation_models_pytorch as smp
 import torch
 
 import pipeline  # noqa: F401  (environment set-up)
-import segmentation_models_pytorch as smp
-from pipeline.metrics import DiceBCELoss
+from pipeline.model.losses import DiceBCELoss
 
 CANDIDATES = ("timm-efficientnet-b0", "tu-efficientnet_b0", "efficientnet-b0")
 
@@ -54,15 +54,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}px, batch {args.batch}, {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.size}px, batch {args.batch}, {args.steps} steps"
+    )
     baseline = None
     for bf16, channels_last in ((False, False), (False, True), (True, False), (True, True)):
         for encoder in CANDIDATES:
             rate = images_per_second(encoder, args.size, args.batch, args.steps, bf16, channels_last)
             baseline = baseline or rate
-            params = sum(p.numel() for p in smp.create_model("Unet", encoder_name=encoder, encoder_weights=None).parameters())
+            params = sum(
+                p.numel() for p in smp.create_model("Unet", encoder_name=encoder, encoder_weights=None).parameters()
+            )
             mode = ("bf16" if bf16 else "fp32") + ("+channels_last" if channels_last else "")
-            print(f"{encoder:22s} {mode:19s} {params / 1e6:5.2f}M params  {rate:6.2f} img/s  x{rate / baseline:.2f}", flush=True)
+            print(
+                f"{encoder:22s} {mode:19s} {params / 1e6:5.2f}M params  {rate:6.2f} img/s  x{rate / baseline:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -24,24 +24,27 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import pipeline  # noqa: F401  (environment set-up before albumentations is imported)
 import albumentations as A
 import torch
 from ruamel.yaml import YAML
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.config import load_config, parse_config
-from pipeline.data import SegmentationDataset, eval_transform, load_split, read_split_info
-from pipeline.engine import Precision, evaluate, resolve_device, train_one_epoch
-from pipeline.fetch import fetch_dataset
-from pipeline.layouts import Pair, find_inventory
-from pipeline.classes import ClassSpec
-from pipeline.metrics import SegmentationMetrics, build_loss
-from pipeline.model import build_model, load_pretrained_encoder
-from pipeline.paths import PRETRAINED_DIR
-from pipeline.preparation import build_split
-from pipeline.samples import read_pair
-from pipeline.training import TrainingSession
+import pipeline  # noqa: F401  (environment set-up before albumentations is imported)
+from pipeline.core.classes import ClassSpec
+from pipeline.core.config import load_config, parse_config
+from pipeline.core.device import Precision, resolve_device
+from pipeline.core.paths import PRETRAINED_DIR
+from pipeline.core.splits import SplitInfo, load_split
+from pipeline.fetch.dataset import fetch_dataset
+from pipeline.model.inputs import SegmentationDataset, eval_transform
+from pipeline.model.losses import build_loss
+from pipeline.model.metrics import SegmentationMetrics
+from pipeline.model.network import build_model, load_pretrained_encoder
+from pipeline.prepare.layouts import Pair, find_inventory
+from pipeline.prepare.preparation import build_split
+from pipeline.prepare.samples import read_pair
+from pipeline.train.loop import train_one_epoch, validate
+from pipeline.train.session import TrainingSession
 
 MONITOR_THRESHOLD = 0.5
 
@@ -103,7 +106,7 @@ def _gpu_utilisation(device: torch.device) -> float | None:
 def val_dice(model, loader, loss_fn, device, classes) -> float:
     """Both loops are scored the same way: fp32, the pipeline's metrics, the monitor threshold."""
     metrics = SegmentationMetrics(MONITOR_THRESHOLD, classes)
-    evaluate(model, loader, loss_fn, device, metrics, "val", Precision(device.type))
+    validate(model, loader, loss_fn, device, metrics, "val", Precision(device.type))
     return metrics.compute()["dice"]
 
 
@@ -116,9 +119,16 @@ def notebook_loop(cfg, pairs, val_loader, epochs, target):
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     loss_fn = build_loss(classes)
-    loader = Timed(DataLoader(NotebookDataset(pairs, cfg.data.image_size, augment=True, classes=classes), batch_size=cfg.train.batch_size, shuffle=True, drop_last=True))
+    loader = Timed(
+        DataLoader(
+            NotebookDataset(pairs, cfg.data.image_size, augment=True, classes=classes),
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+        )
+    )
     train_seconds, images, dice, reached, utilisation = 0.0, 0, [], None, []
-    for epoch in range(1, epochs + 1):
+    for _ in range(epochs):
         model.train()
         started = time.perf_counter()
         for batch_images, batch_masks in loader:
@@ -139,8 +149,11 @@ def notebook_loop(cfg, pairs, val_loader, epochs, target):
 def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
     with tempfile.TemporaryDirectory() as workdir:
         session = TrainingSession(
-            cfg, split_dir=split_dir, pretrained_dir=PRETRAINED_DIR,
-            best_path=Path(workdir) / "best.pt", last_path=Path(workdir) / "last.pt",
+            cfg,
+            split_dir=split_dir,
+            pretrained_dir=PRETRAINED_DIR,
+            best_path=Path(workdir) / "best.pt",
+            last_path=Path(workdir) / "last.pt",
         )
         loader = Timed(session.train_loader)
         train_seconds, images, dice, reached, utilisation = 0.0, 0, [], None, []
@@ -148,8 +161,15 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
             session.start_epoch(epoch)
             started = time.perf_counter()
             images += train_one_epoch(
-                session.network, loader, session.loss_fn, session.optimizer, session.device, epoch,
-                session.precision, session.scheduler, session.scaler,
+                session.network,
+                loader,
+                session.loss_fn,
+                session.optimizer,
+                session.device,
+                epoch,
+                session.precision,
+                session.scheduler,
+                session.scaler,
             )[1]
             train_seconds += time.perf_counter() - started
             utilisation.append(_gpu_utilisation(session.device))
@@ -183,12 +203,19 @@ def _run(loop_name, params, split_dir, prepare_seconds, train_pairs, epochs, tar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="data/raw", help="dataset folder or archive (default: data/raw from `dvc repro`)")
+    parser.add_argument(
+        "--source", default="data/raw", help="dataset folder or archive (default: data/raw from `dvc repro`)"
+    )
     parser.add_argument("--image-size", type=int, help="default: 320 on CUDA, 256 on CPU (to finish in minutes)")
     parser.add_argument("--epochs", type=int, help="default: 10 on CUDA, 4 on CPU")
     parser.add_argument("--target-dice", type=float, default=0.6)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key for this run, as with `dvc exp run -S` (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key for this run, as with `dvc exp run -S` (repeatable)",
+    )
     args = parser.parse_args()
 
     cuda = torch.cuda.is_available()
@@ -202,14 +229,20 @@ def main() -> None:
         section, _, name = key.partition(".")
         params[section][name] = YAML(typ="safe", pure=True).load(value)
     if cfg.model.encoder_weights and not (PRETRAINED_DIR / "encoder.pt").exists():
-        print(f"bench: {PRETRAINED_DIR}/encoder.pt missing (run `dvc repro fetch`): both loops start from random weights")
+        print(
+            f"bench: {PRETRAINED_DIR}/encoder.pt missing (run `dvc repro fetch`): both loops start from random weights"
+        )
         params["model"]["encoder_weights"] = None
 
     with tempfile.TemporaryDirectory() as workdir:
         source = Path(args.source)
         if not source.is_dir():
             source = fetch_dataset(
-                args.source, Path(workdir) / "raw", manifest=None, cache_dir=Path(workdir) / "cache", classes=len(cfg.data.classes)
+                args.source,
+                Path(workdir) / "raw",
+                manifest=None,
+                cache_dir=Path(workdir) / "cache",
+                classes=len(cfg.data.classes),
             )
         # The pipeline's one-off cost: the split stage itself (decode, repair, resize, split).
         started = time.perf_counter()
@@ -217,10 +250,12 @@ def main() -> None:
         build_split(source, split_dir, Path(workdir) / "report.json", parse_config(params).data, cfg.split)
         prepare_seconds = time.perf_counter() - started
         by_id = {pair.id: pair for pair in find_inventory(source, cfg.data.layout).pairs}
-        ids = read_split_info(split_dir)["ids"]
+        ids = SplitInfo.read(split_dir).ids
         train_pairs = [by_id[i] for i in ids["train"]]
 
-        device = "cuda: " + torch.cuda.get_device_name() if cuda else f"cpu: {platform.processor() or platform.machine()}"
+        device = (
+            "cuda: " + torch.cuda.get_device_name() if cuda else f"cpu: {platform.processor() or platform.machine()}"
+        )
         print(
             f"bench: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg.model.arch} "
             f"{cfg.model.encoder} ({'pretrained' if params['model']['encoder_weights'] else 'random init'}), "
@@ -236,8 +271,10 @@ def main() -> None:
                     _run, name, params, split_dir, prepare_seconds, train_pairs, epochs, args.target_dice
                 ).result()
 
-    print(f"{'loop':15s} {'images/s':>9s} {'data wait':>10s} {'peak MiB':>9s} {'GPU util':>9s} "
-          f"{'time to Dice ' + str(args.target_dice):>18s}  val Dice per epoch")
+    print(
+        f"{'loop':15s} {'images/s':>9s} {'data wait':>10s} {'peak MiB':>9s} {'GPU util':>9s} "
+        f"{'time to Dice ' + str(args.target_dice):>18s}  val Dice per epoch"
+    )
     for name, result in results.items():
         reached = f"{result['time_to_dice']:.1f} s" if result["time_to_dice"] is not None else "not reached"
         utilisation = f"{result['gpu_utilisation']:.0f}%" if result["gpu_utilisation"] is not None else "n/a"
@@ -246,9 +283,15 @@ def main() -> None:
             f"{utilisation:>9s} {reached:>18s}  " + " ".join(f"{value:.3f}" for value in result["dice"])
         )
     pipeline_result = results["pipeline"]
-    print(f"pipeline: {pipeline_result['precision']}, prepare (decode + resize once) {pipeline_result['prepare_seconds']:.1f} s, "
-          f"included in its time to Dice")
-    print(f"speedup_vs_notebook_loop: {pipeline_result['images_per_second'] / results['notebook_loop']['images_per_second']:.2f}")
+    print(
+        f"pipeline: {pipeline_result['precision']}, "
+        f"prepare (decode + resize once) {pipeline_result['prepare_seconds']:.1f} s, "
+        f"included in its time to Dice"
+    )
+    print(
+        f"speedup_vs_notebook_loop: "
+        f"{pipeline_result['images_per_second'] / results['notebook_loop']['images_per_second']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import PipelineError
+from .core.errors import PipelineError
+from .core.stage import EXIT_USER_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,10 +16,15 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="write a mask PNG for each input image")
     predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
-    predict.add_argument("--model", default="models/best.pt",
-                         help="MLflow URI, e.g. models:/human-segmentation-unet@champion, or a checkpoint path (default: %(default)s)")
+    predict.add_argument(
+        "--model",
+        default="models/best.pt",
+        help="MLflow URI, e.g. models:/human-segmentation-unet@champion, or a checkpoint path (default: %(default)s)",
+    )
     predict.add_argument("--out", type=Path, required=True, help="folder for the masks")
-    predict.add_argument("--threshold", type=float, help="probability cut-off (default: the one evaluate chose for the model)")
+    predict.add_argument(
+        "--threshold", type=float, help="probability cut-off (default: the one evaluate chose for the model)"
+    )
     predict.add_argument("--batch-size", type=int, default=8)
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -33,12 +39,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "predict":
-            from .predict import run
+            from .serve.predict import run
 
-            return run(args.inputs, args.model, args.out, threshold=args.threshold, batch_size=args.batch_size,
-                       with_overlay=args.overlay, device=args.device)
-        from .fetch import build_manifest
-        from .io import write_json
+            return run(
+                args.inputs,
+                args.model,
+                args.out,
+                threshold=args.threshold,
+                batch_size=args.batch_size,
+                with_overlay=args.overlay,
+                device=args.device,
+            )
+        from .core.files import write_json
+        from .fetch.dataset import build_manifest
 
         files = build_manifest(args.folder)
         write_json(args.out, {"dataset": args.folder.name, "files": files})
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

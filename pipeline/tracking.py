@@ -12,9 +12,9 @@ from pathlib import Path
 import mlflow
 import requests
 
-from .config import Config
-from .errors import TrackingError
-from .io import read_json, write_json
+from .core.config import Config
+from .core.errors import TrackingError
+from .core.files import read_json, write_json
 
 TRACKING_DB = "mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
@@ -81,7 +81,9 @@ def connect(experiment: str) -> str:
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + ("-dirty" if dirty.strip() else "")
@@ -126,7 +128,9 @@ class MlflowTracker:
 
 
 @contextmanager
-def training_run(cfg: Config, experiment_id: str, *, run_id: str | None, tags: dict[str, str]) -> Iterator[MlflowTracker]:
+def training_run(
+    cfg: Config, experiment_id: str, *, run_id: str | None, tags: dict[str, str]
+) -> Iterator[MlflowTracker]:
     """Start (or continue) the training run; an interrupt marks it KILLED, an error FAILED."""
     if run_id is not None and not _run_exists(run_id):
         print(f"MLflow run {run_id} from the resume checkpoint is not in this store; starting a new run")

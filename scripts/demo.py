@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from project_copy import copy_tracked_files
 from ruamel.yaml import YAML
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,18 +39,6 @@ def step(title: str) -> None:
 def run(*command: str, env: dict[str, str]) -> None:
     print(f"$ {' '.join(command)}", flush=True)
     subprocess.run(command, cwd=DEMO, env=env, check=True)
-
-
-def copy_tracked_files(project: Path, dest: Path) -> None:
-    """Tracked and not-ignored files only: what a clone holds, plus uncommitted edits (tests use it too)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=project, capture_output=True, check=True
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = project / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
 
 
 def write_demo_params() -> None:
@@ -80,7 +69,8 @@ def show_mlflow() -> None:
         metrics = found.data.metrics
         print(
             f"run {found.info.run_id[:8]}  {found.info.status:<8}  lr {found.data.params['train.lr']:<6}  "
-            f"val_dice {metrics.get('val_dice', float('nan')):.3f}  test_dice {metrics.get('test_dice', float('nan')):.3f}  "
+            f"val_dice {metrics.get('val_dice', float('nan')):.3f}  "
+            f"test_dice {metrics.get('test_dice', float('nan')):.3f}  "
             f"pairs used {metrics.get('data_pairs_used', float('nan')):.0f}"
         )
     name = DEMO_PARAMS["mlflow"]["registered_model"]
@@ -93,7 +83,9 @@ def main() -> None:
     if DEMO.exists():
         shutil.rmtree(DEMO)
     DEMO.mkdir()
-    step(f"copying the project into {DEMO.relative_to(PROJECT)}/ (your params.yaml, data and mlflow.db are not touched)")
+    step(
+        f"copying the project into {DEMO.relative_to(PROJECT)}/ (your params.yaml, data and mlflow.db are not touched)"
+    )
     copy_tracked_files(PROJECT, DEMO)
     write_demo_params()
     git = ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost"]

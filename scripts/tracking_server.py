@@ -155,10 +155,20 @@ def init_cluster(layout: Layout, pg_bin: Path) -> None:
     give_to_postgres_user(layout.pgdata, pwfile)
     try:
         run_checked(
-            as_postgres_user([
-                str(pg_bin / "initdb"), "-D", str(layout.pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
-                "--auth-host=scram-sha-256", "--auth-local=reject", "--encoding=UTF8", "--no-instructions",
-            ]),
+            as_postgres_user(
+                [
+                    str(pg_bin / "initdb"),
+                    "-D",
+                    str(layout.pgdata),
+                    "-U",
+                    DB_USER,
+                    f"--pwfile={pwfile}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=reject",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            ),
             "initdb",
         )
     finally:
@@ -169,7 +179,9 @@ def init_cluster(layout: Layout, pg_bin: Path) -> None:
 
 
 def postgres_running(layout: Layout, pg_bin: Path) -> bool:
-    status = subprocess.run(as_postgres_user([str(pg_bin / "pg_ctl"), "status", "-D", str(layout.pgdata)]), capture_output=True)
+    status = subprocess.run(
+        as_postgres_user([str(pg_bin / "pg_ctl"), "status", "-D", str(layout.pgdata)]), capture_output=True
+    )
     return status.returncode == 0
 
 
@@ -179,10 +191,21 @@ def start_postgres(layout: Layout, pg_bin: Path, port: int) -> None:
     layout.postgres_log.touch()
     give_to_postgres_user(layout.postgres_log)
     run_checked(
-        as_postgres_user([
-            str(pg_bin / "pg_ctl"), "start", "-D", str(layout.pgdata), "-l", str(layout.postgres_log),
-            "-o", f"-p {port}", "-w", "-t", "60",
-        ]),
+        as_postgres_user(
+            [
+                str(pg_bin / "pg_ctl"),
+                "start",
+                "-D",
+                str(layout.pgdata),
+                "-l",
+                str(layout.postgres_log),
+                "-o",
+                f"-p {port}",
+                "-w",
+                "-t",
+                "60",
+            ]
+        ),
         f"starting PostgreSQL on 127.0.0.1:{port} (is the port taken? choose another with --pg-port)",
         layout.postgres_log,
     )
@@ -190,7 +213,10 @@ def start_postgres(layout: Layout, pg_bin: Path, port: int) -> None:
 
 def stop_postgres(layout: Layout, pg_bin: Path) -> None:
     if (layout.pgdata / "PG_VERSION").exists() and postgres_running(layout, pg_bin):
-        run_checked(as_postgres_user([str(pg_bin / "pg_ctl"), "stop", "-D", str(layout.pgdata), "-m", "fast", "-w"]), "stopping PostgreSQL")
+        run_checked(
+            as_postgres_user([str(pg_bin / "pg_ctl"), "stop", "-D", str(layout.pgdata), "-m", "fast", "-w"]),
+            "stopping PostgreSQL",
+        )
 
 
 def connect_postgres(layout: Layout, port: int, dbname: str):
@@ -198,7 +224,9 @@ def connect_postgres(layout: Layout, port: int, dbname: str):
         import psycopg  # imported here so that `stop` and `status` work without it
     except ImportError:
         raise ServerError("MLflow needs the psycopg driver for PostgreSQL: pip install -e '.[team]'") from None
-    return psycopg.connect(host="127.0.0.1", port=port, user=DB_USER, dbname=dbname, passfile=str(layout.pgpass), autocommit=True)
+    return psycopg.connect(
+        host="127.0.0.1", port=port, user=DB_USER, dbname=dbname, passfile=str(layout.pgpass), autocommit=True
+    )
 
 
 def create_database(layout: Layout, port: int) -> None:
@@ -224,10 +252,20 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
         raise ServerError(f"something already answers at {url}: stop it, or choose another --port")
     env = dict(os.environ, PGPASSFILE=str(layout.pgpass))  # the password stays out of the command line
     command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend_uri,
-        "--artifacts-destination", artifacts,  # clients up- and download artifacts through the server
-        "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        artifacts,  # clients up- and download artifacts through the server
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        str(args.workers),
     ]
     if args.allowed_hosts:
         # MLflow answers only Host headers it knows; the list replaces its default (loopback and
@@ -235,7 +273,9 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
         command += ["--allowed-hosts", f"{args.allowed_hosts},{LOOPBACK_HOSTS}"]
     with layout.mlflow_log.open("ab") as log:
         # A session of its own, so that stop ends the server and all of its workers together.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=layout.root)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=layout.root
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if healthy(url.replace("0.0.0.0", "127.0.0.1")):
@@ -245,7 +285,9 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
         time.sleep(0.5)
     stop_process_group(process.pid)
     tail = "".join(layout.mlflow_log.read_text(errors="replace").splitlines(True)[-30:])
-    raise ServerError(f"mlflow server did not become healthy at {url} within {START_TIMEOUT_S}s; {layout.mlflow_log}:\n{tail}")
+    raise ServerError(
+        f"mlflow server did not become healthy at {url} within {START_TIMEOUT_S}s; {layout.mlflow_log}:\n{tail}"
+    )
 
 
 def stop_process_group(pid: int) -> None:
@@ -284,7 +326,9 @@ def start(args: argparse.Namespace) -> None:
         stop_postgres(layout, pg_bin)
         raise
     uri = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}"
-    layout.state.write_text(json.dumps(asdict(State(uri, backend_uri, artifacts, pid, args.pg_port, str(layout.pgpass))), indent=2))
+    layout.state.write_text(
+        json.dumps(asdict(State(uri, backend_uri, artifacts, pid, args.pg_port, str(layout.pgpass))), indent=2)
+    )
     print(f"MLflow tracking server on {uri} (PostgreSQL 127.0.0.1:{args.pg_port}, artifacts in {artifacts})")
     print(f"export MLFLOW_TRACKING_URI={uri}")
 
@@ -297,7 +341,11 @@ def stop(args: argparse.Namespace) -> None:
         layout.state.unlink()
     if (layout.pgdata / "PG_VERSION").exists():
         stop_postgres(layout, postgres_bin())
-    print(f"stopped the tracking server in {layout.root}" if state else f"no tracking server was running from {layout.root}")
+    print(
+        f"stopped the tracking server in {layout.root}"
+        if state
+        else f"no tracking server was running from {layout.root}"
+    )
 
 
 def status(args: argparse.Namespace) -> None:
@@ -307,7 +355,10 @@ def status(args: argparse.Namespace) -> None:
         print(f"not running (no {layout.state})")
         sys.exit(3)
     ok = healthy(state.tracking_uri)
-    print(f"{state.tracking_uri}: {'healthy' if ok else 'NOT answering'}; backend {state.backend_store_uri}; artifacts {state.artifacts_destination}")
+    print(
+        f"{state.tracking_uri}: {'healthy' if ok else 'NOT answering'}; "
+        f"backend {state.backend_store_uri}; artifacts {state.artifacts_destination}"
+    )
     sys.exit(0 if ok else 1)
 
 
@@ -315,19 +366,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("start", "stop", "status"))
-    parser.add_argument("--dir", type=Path, default=Path(env("TRACKING_DIR", PROJECT_ROOT / ".tracking")),
-                        help="folder of the cluster, artifacts, logs and state (env TRACKING_DIR; default .tracking/)")
-    parser.add_argument("--host", default=env("TRACKING_HOST", "127.0.0.1"),
-                        help="interface MLflow binds to (env TRACKING_HOST); 0.0.0.0 serves colleagues, see README")
-    parser.add_argument("--port", type=int, default=int(env("TRACKING_PORT", "5000")), help="MLflow port (env TRACKING_PORT)")
-    parser.add_argument("--pg-port", type=int, default=int(env("TRACKING_PG_PORT", "5433")),
-                        help="PostgreSQL port on 127.0.0.1 (env TRACKING_PG_PORT; 5433 leaves Debian's own cluster its 5432)")
-    parser.add_argument("--artifacts-destination", default=env("TRACKING_ARTIFACTS"),
-                        help="where served artifacts are stored: a folder or s3://, gs://, wasbs:// (env TRACKING_ARTIFACTS)")
-    parser.add_argument("--allowed-hosts", default=env("TRACKING_ALLOWED_HOSTS"),
-                        help="names colleagues reach MLflow by, e.g. tracking.example.com:5000 (env TRACKING_ALLOWED_HOSTS; "
-                             "replaces MLflow's default of loopback and private IPs, loopback is kept)")
-    parser.add_argument("--workers", type=int, default=int(env("TRACKING_WORKERS", "2")), help="MLflow server worker processes")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(env("TRACKING_DIR", PROJECT_ROOT / ".tracking")),
+        help="folder of the cluster, artifacts, logs and state (env TRACKING_DIR; default .tracking/)",
+    )
+    parser.add_argument(
+        "--host",
+        default=env("TRACKING_HOST", "127.0.0.1"),
+        help="interface MLflow binds to (env TRACKING_HOST); 0.0.0.0 serves colleagues, see README",
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env("TRACKING_PORT", "5000")), help="MLflow port (env TRACKING_PORT)"
+    )
+    parser.add_argument(
+        "--pg-port",
+        type=int,
+        default=int(env("TRACKING_PG_PORT", "5433")),
+        help="PostgreSQL port on 127.0.0.1 (env TRACKING_PG_PORT; 5433 leaves Debian's own cluster its 5432)",
+    )
+    parser.add_argument(
+        "--artifacts-destination",
+        default=env("TRACKING_ARTIFACTS"),
+        help="where served artifacts are stored: a folder or s3://, gs://, wasbs:// (env TRACKING_ARTIFACTS)",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        default=env("TRACKING_ALLOWED_HOSTS"),
+        help="names colleagues reach MLflow by, e.g. tracking.example.com:5000 (env TRACKING_ALLOWED_HOSTS; "
+        "replaces MLflow's default of loopback and private IPs, loopback is kept)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=int(env("TRACKING_WORKERS", "2")), help="MLflow server worker processes"
+    )
     return parser.parse_args(argv)
 
 

@@ -4,18 +4,25 @@ champion alias decided."""
 
 import mlflow
 
-from pipeline import paths
-from pipeline.card import render_card
-from pipeline.cli import run_stage
-from pipeline.config import Config, load_config
-from pipeline.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
-from pipeline.data import read_split_info
-from pipeline.evaluation import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
-from pipeline.gallery import CASES_EACH, render_gallery
-from pipeline.inference import InferenceSettings
-from pipeline.io import sha256_file, write_csv, write_json, write_png, write_text
-from pipeline.registry import Contender, apply_decision, current_champion, decide_alias, register_model, version_tags
-from pipeline.thresholds import SWEEP_FIELDS, best_threshold, sweep
+from pipeline.core import paths
+from pipeline.core.config import Config, load_config
+from pipeline.core.files import sha256_file, write_csv, write_json, write_png, write_text
+from pipeline.core.splits import SplitInfo
+from pipeline.core.stage import run_stage
+from pipeline.evaluate.card import render_card
+from pipeline.evaluate.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
+from pipeline.evaluate.gallery import CASES_EACH, render_gallery
+from pipeline.evaluate.predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
+from pipeline.evaluate.registry import (
+    Contender,
+    apply_decision,
+    current_champion,
+    decide_alias,
+    register_model,
+    version_tags,
+)
+from pipeline.evaluate.thresholds import SWEEP_FIELDS, best_threshold, sweep
+from pipeline.serve.settings import InferenceSettings
 from pipeline.tracking import RunInfo, log_to_run, require_run
 
 
@@ -35,7 +42,7 @@ def main() -> None:
     cfg = load_config()
     run = RunInfo.load(paths.RUN_INFO)
     require_run(run, cfg.mlflow.experiment)
-    split_info = read_split_info(paths.SPLIT_DIR)
+    split_info = SplitInfo.read(paths.SPLIT_DIR)
     model, device = load_for_evaluation(paths.BEST_CHECKPOINT)
 
     val = predict_split(model, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
@@ -53,25 +60,51 @@ def main() -> None:
     confusion = test.metrics(threshold).confusion
     write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, classes), CONFUSION_FIELDS)
     write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, classes))
-    write_png(paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy(), test.predicted_masks(threshold), test.ids, dice, classes))
+    write_png(
+        paths.GALLERY,
+        render_gallery(test.images, test.masks[:, 0].numpy(), test.predicted_masks(threshold), test.ids, dice, classes),
+    )
     settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
     settings.save_beside(paths.BEST_CHECKPOINT)
     card = render_card(
-        registered_model=cfg.mlflow.registered_model, run_id=run.run_id, params=cfg.flat(), split_info=split_info,
-        metrics=metrics, threshold_source=source, worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
+        registered_model=cfg.mlflow.registered_model,
+        run_id=run.run_id,
+        params=cfg.flat(),
+        split_info=split_info,
+        metrics=metrics,
+        threshold_source=source,
+        worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
         classes=classes,
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
-    print("evaluate: " + "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if not key.endswith("_pooled")))
+    print(
+        "evaluate: " + "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if not key.endswith("_pooled"))
+    )
 
-    log_to_run(run, metrics, cfg.mlflow.experiment,
-               artifacts=[paths.THRESHOLD_SWEEP, paths.TEST_PER_IMAGE, paths.CONFUSION_TABLE, paths.CONFUSION_IMAGE,
-                          paths.GALLERY, paths.MODEL_CARD])
+    log_to_run(
+        run,
+        metrics,
+        cfg.mlflow.experiment,
+        artifacts=[
+            paths.THRESHOLD_SWEEP,
+            paths.TEST_PER_IMAGE,
+            paths.CONFUSION_TABLE,
+            paths.CONFUSION_IMAGE,
+            paths.GALLERY,
+            paths.MODEL_CARD,
+        ],
+    )
     name = cfg.mlflow.registered_model
     tags = version_tags(mlflow.get_run(run.run_id).data.tags, split_info, metrics)
-    version = register_model(run_id=run.run_id, name=name, checkpoint=paths.BEST_CHECKPOINT, card=paths.MODEL_CARD,
-                             settings=settings, tags=tags)
+    version = register_model(
+        run_id=run.run_id,
+        name=name,
+        checkpoint=paths.BEST_CHECKPOINT,
+        card=paths.MODEL_CARD,
+        settings=settings,
+        tags=tags,
+    )
     decision = decide_alias(Contender(version, metrics["test_dice"], tags["test_set"]), current_champion(name))
     apply_decision(name, run.run_id, decision)
     write_json(paths.REGISTRY_DECISION, {"registered_model": name, **decision.to_dict()})

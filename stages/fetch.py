@@ -2,18 +2,19 @@
 
 from pathlib import Path
 
-from pipeline import paths
-from pipeline.cli import run_stage
-from pipeline.config import load_config
-from pipeline.fetch import fetch_dataset
-from pipeline.model import fetch_pretrained_encoder
+from pipeline.core import paths
+from pipeline.core.config import load_config
+from pipeline.core.stage import run_stage
+from pipeline.fetch.dataset import fetch_dataset
+from pipeline.fetch.encoder_weights import fetch_pretrained_encoder
 
 
 def main() -> None:
     cfg = load_config()
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
-    fetch_dataset(cfg.data.source, paths.RAW_DIR, manifest=manifest, cache_dir=paths.DOWNLOAD_CACHE,
-                  classes=len(cfg.data.classes))
+    fetch_dataset(
+        cfg.data.source, paths.RAW_DIR, manifest=manifest, cache_dir=paths.DOWNLOAD_CACHE, classes=len(cfg.data.classes)
+    )
     print(f"fetch: {cfg.data.source} -> {paths.RAW_DIR}" + (f" (verified against {manifest})" if manifest else ""))
     fetch_pretrained_encoder(cfg.model, paths.PRETRAINED_DIR)
 

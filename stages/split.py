@@ -1,10 +1,10 @@
 """Stage split: data/raw/ -> data/split/ (seeded train/val/test, decoded and resized once) and data/report.json."""
 
-from pipeline import paths
-from pipeline.cli import run_stage
-from pipeline.config import load_config
-from pipeline.preparation import build_split
-from pipeline.report import format_summary
+from pipeline.core import paths
+from pipeline.core.config import load_config
+from pipeline.core.stage import run_stage
+from pipeline.prepare.preparation import build_split
+from pipeline.prepare.report import format_summary
 
 
 def main() -> None:
@@ -12,7 +12,10 @@ def main() -> None:
     report = build_split(paths.RAW_DIR, paths.SPLIT_DIR, paths.DATA_REPORT, cfg.data, cfg.split)
     print(format_summary(report))
     counts = ", ".join(f"{name} {count}" for name, count in report["split"].items())
-    print(f"split: {report['pairs']['used']} pairs -> {counts} (data hash {report['data_hash'][:12]}); details in {paths.DATA_REPORT}")
+    print(
+        f"split: {report['pairs']['used']} pairs -> {counts} (data hash {report['data_hash'][:12]}); "
+        f"details in {paths.DATA_REPORT}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,17 +5,17 @@ Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages
 
 import mlflow
 
-from pipeline import distributed, paths
-from pipeline.cli import run_stage
-from pipeline.config import Config, load_config
-from pipeline.io import read_json, write_csv, write_json
-from pipeline.report import report_headline
+from pipeline.core import paths
+from pipeline.core.config import Config, load_config
+from pipeline.core.files import read_json, write_csv, write_json
+from pipeline.core.stage import run_stage
 from pipeline.tracking import RunInfo, connect, git_commit, training_run
-from pipeline.training import NoTracker, TrainingSession, history_fields, summary
+from pipeline.train import distributed
+from pipeline.train.session import NoTracker, TrainingSession, history_fields, summary
 
 
 def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
-    tags = {"git_commit": git_commit(), "data_hash": session.split_info["data_hash"]}
+    tags = {"git_commit": git_commit(), "data_hash": session.split_info.data_hash}
     with training_run(cfg, experiment_id, run_id=session.state.run_id, tags=tags) as tracker:
         session.state.run_id = tracker.run_id
         tracker.catch_up(session.state.history)
@@ -25,7 +25,7 @@ def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> 
             raise KeyboardInterrupt(session.interrupted_note()) from None
         write_csv(paths.TRAIN_HISTORY, state.history, history_fields(session.classes))
         write_json(paths.TRAIN_METRICS, summary(state))
-        mlflow.log_metrics(report_headline(read_json(paths.DATA_REPORT)))
+        mlflow.log_metrics(read_json(paths.DATA_REPORT)["headline"])
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
     run = RunInfo(tracker.run_id, tracker.experiment_id)
     run.save(paths.RUN_INFO)
@@ -39,13 +39,18 @@ def main() -> None:
     # Before loading anything: a dead tracking server must cost seconds, not a training run.
     experiment_id = connect(cfg.mlflow.experiment) if main_process else None
     session = TrainingSession(
-        cfg, split_dir=paths.SPLIT_DIR, pretrained_dir=paths.PRETRAINED_DIR,
-        best_path=paths.BEST_CHECKPOINT, last_path=paths.LAST_CHECKPOINT,
+        cfg,
+        split_dir=paths.SPLIT_DIR,
+        pretrained_dir=paths.PRETRAINED_DIR,
+        best_path=paths.BEST_CHECKPOINT,
+        last_path=paths.LAST_CHECKPOINT,
     )
     try:
         if main_process:
-            print(f"train: {session.resume_note}; device {session.device}, {session.precision.name}, "
-                  f"{session.topology.world_size} process(es)")
+            print(
+                f"train: {session.resume_note}; device {session.device}, {session.precision.name}, "
+                f"{session.topology.world_size} process(es)"
+            )
             train_tracked(cfg, session, experiment_id)
         else:
             session.fit(NoTracker())

@@ -5,16 +5,32 @@ import shutil
 import subprocess
 import sys
 
-from tests.conftest import PROJECT_ROOT, make_dataset
+from tests.helpers.datasets import make_dataset
+from tests.helpers.project import PROJECT_ROOT
 
 
 def test_train_speed_bench_runs_both_loops_and_prints_the_speedup_line(tmp_path):
     # An archive, as `make bench` is pointed at by hand: exercises the fetch path too.
     source = shutil.make_archive(str(tmp_path / "data"), "zip", make_dataset(tmp_path / "data", count=24, size=48))
     result = subprocess.run(
-        [sys.executable, "bench/train_speed.py", "--source", source, "--image-size", "32", "--epochs", "1",
-         "--set", "train.batch_size=4", "--set", "train.num_workers=0"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/train_speed.py",
+            "--source",
+            source,
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.num_workers=0",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()

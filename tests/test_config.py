@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config, parse_config
-from pipeline.errors import ConfigError
-from tests.conftest import PROJECT_ROOT, write_params
+from pipeline.core.config import load_config, parse_config
+from pipeline.core.errors import ConfigError
+from tests.helpers.project import PROJECT_ROOT, write_params
 
 
 def test_committed_params_load_with_the_documented_defaults():
@@ -32,7 +32,12 @@ def test_flat_names_every_parameter_once(params):
         ("train", "device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data", "image_size", 100, "data.image_size: must be a multiple of 32"),
         ("split", "val_fraction", 1.5, "split.val_fraction: Input should be less than 1"),
-        ("evaluate", "threshold", 0, "evaluate.threshold: must be 'auto' (tuned on the validation split) or a probability"),
+        (
+            "evaluate",
+            "threshold",
+            0,
+            "evaluate.threshold: must be 'auto' (tuned on the validation split) or a probability",
+        ),
         ("evaluate", "threshold", 1.0, "evaluate.threshold: must be 'auto'"),
         ("evaluate", "threshold", "best", "evaluate.threshold: must be 'auto'"),
         ("evaluate", "tta", "yes", "evaluate.tta: Input should be a valid boolean"),
@@ -96,7 +101,11 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path: Path):
         (["background", "a b"], None, "data.classes: class name 'a b' must be letters, digits"),
         (["background", "x", "x"], None, "data.classes: class names must be distinct; repeated: x"),
         (["background", "x"], [[0, 0, 0]], "data.palette: has 1 colours for 2 classes"),
-        (["background", "x"], [[0, 0, 0], [0, 0, 300]], "data.palette: each colour must be [R, G, B] with values 0-255"),
+        (
+            ["background", "x"],
+            [[0, 0, 0], [0, 0, 300]],
+            "data.palette: each colour must be [R, G, B] with values 0-255",
+        ),
         (["background", "x"], [[0, 0, 0], [0, 0, 0]], "data.palette: each class needs its own colour"),
     ],
 )

@@ -6,9 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.data import SegmentationDataset, decode_image, eval_transform, load_split, read_split_info
-from pipeline.errors import DataError
-from tests.conftest import build_test_split, make_dataset
+from pipeline.core.errors import DataError
+from pipeline.core.images import decode_image
+from pipeline.core.splits import SplitInfo, load_split
+from pipeline.model.inputs import SegmentationDataset, eval_transform
+from tests.helpers.datasets import build_test_split, make_dataset
 
 
 def test_grayscale_photo_becomes_rgb_and_garbage_is_named():
@@ -21,11 +23,11 @@ def test_grayscale_photo_becomes_rgb_and_garbage_is_named():
 def test_split_arrays_round_trip_with_ids_counts_and_hash(tmp_path: Path):
     raw = make_dataset(tmp_path / "raw", count=10)
     split_dir = build_test_split(raw, tmp_path, 32, 0.2, 0.2, seed=3)
-    info = read_split_info(split_dir)
-    assert info["counts"] == {"train": 6, "val": 2, "test": 2} and info["image_size"] == 32 and len(info["data_hash"]) == 64
+    info = SplitInfo.read(split_dir)
+    assert info.counts == {"train": 6, "val": 2, "test": 2} and info.image_size == 32 and len(info.data_hash) == 64
     images, masks = load_split(split_dir, "test")
     assert images.shape == (2, 32, 32, 3) and masks.shape == (2, 32, 32) and set(np.unique(masks)) <= {0, 1}
-    first = cv2.cvtColor(cv2.imread(str(raw / "images" / f"{info['ids']['test'][0]}.jpg")), cv2.COLOR_BGR2RGB)
+    first = cv2.cvtColor(cv2.imread(str(raw / "images" / f"{info.ids['test'][0]}.jpg")), cv2.COLOR_BGR2RGB)
     expected = cv2.resize(first, (32, 32), interpolation=cv2.INTER_AREA)
     assert np.abs(images[0].astype(int) - expected).max() <= 1
 

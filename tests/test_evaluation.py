@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation import SplitPredictions
-from pipeline.gallery import FALSE_NEGATIVE, FALSE_POSITIVE, PANEL, TRUE_POSITIVE, pick_cases, render_gallery
-from pipeline.inference import predict_logits
-from pipeline.thresholds import SWEEP_THRESHOLDS, best_threshold, sweep
+from pipeline.evaluate.gallery import PANEL, pick_cases, render_gallery
+from pipeline.evaluate.predictions import SplitPredictions
+from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, sweep
+from pipeline.model.outputs import predict_logits
+from pipeline.serve.palette import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE
 
 
 def logits_of(probabilities: list[float]) -> torch.Tensor:
@@ -56,7 +57,12 @@ def test_per_image_rows_hold_dice_iou_and_foreground_fraction():
 
 
 def test_gallery_picks_worst_then_best_without_repeats():
-    assert pick_cases([0.5, 0.1, 0.9, 0.3, 0.7], count=2) == [("worst 1", 1), ("worst 2", 3), ("best 1", 2), ("best 2", 4)]
+    assert pick_cases([0.5, 0.1, 0.9, 0.3, 0.7], count=2) == [
+        ("worst 1", 1),
+        ("worst 2", 3),
+        ("best 1", 2),
+        ("best 2", 4),
+    ]
     assert pick_cases([0.4, 0.2, 0.6], count=4) == [("worst 1", 1), ("best 1", 2)]
 
 
@@ -85,15 +91,22 @@ def test_gallery_colours_false_positives_and_negatives_differently():
 
 
 def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
-    from pipeline.card import METRIC_NAMES, render_card
-    from pipeline.config import parse_config
+    from pipeline.core.classes import PERSON
+    from pipeline.core.config import parse_config
+    from pipeline.core.splits import SplitInfo
+    from pipeline.evaluate.card import METRIC_NAMES, render_card
 
     metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_NAMES for suffix in ("", "_pooled")}
     metrics.update(test_dice=0.8125, threshold=0.35)
-    split_info = {"data_hash": "f" * 64, "image_size": 320, "counts": {"train": 203, "val": 58, "test": 29}}
+    split_info = SplitInfo("f" * 64, 320, PERSON, {"train": 203, "val": 58, "test": 29}, {})
     card = render_card(
-        registered_model="m", run_id="r1", params=parse_config(params).flat(), split_info=split_info, metrics=metrics,
-        threshold_source="maximises mean Dice on the validation split", worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
+        registered_model="m",
+        run_id="r1",
+        params=parse_config(params).flat(),
+        split_info=split_info,
+        metrics=metrics,
+        threshold_source="maximises mean Dice on the validation split",
+        worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
     )
     assert "f" * 64 in card and "203 train, 58 validation,\n29 test images" in card
     assert "at least **0.35** (maximises mean Dice on the validation split)" in card

@@ -6,7 +6,6 @@ Download, manifest and archive faults are in test_fetch.py; resume determinism i
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,30 +16,30 @@ import mlflow
 import pytest
 import torch
 
-from tests.conftest import PROJECT_ROOT, copy_project, load_params, tiny_params, write_params
-from tests.test_fetch import closed_port_url
+from tests.helpers.httpserver import closed_port_url
+from tests.helpers.project import (
+    GIT,
+    copy_project,
+    environment,
+    load_params,
+    run,
+    run_queued_experiments,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 EPOCHS = 3
-GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-
-
-def environment(project: Path, **extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = os.pathsep.join([str(project), str(PROJECT_ROOT / "tests" / "faults")])
-    env.update(extra)
-    return env
-
-
-def run(project: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=project, env=environment(project, **extra), capture_output=True, text=True, timeout=600)
 
 
 def start_train(project: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "stages/train.py"], cwd=project, env=environment(project),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "stages/train.py"],
+        cwd=project,
+        env=environment(project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -153,27 +152,6 @@ def test_truncated_checkpoint_gives_a_clear_error(project):
     assert "evaluate: error: models/best.pt: not a readable checkpoint" in result.stderr
 
 
-def run_queued_experiments(project: Path, learning_rates: list[str], **extra: str) -> None:
-    """`dvc exp run --queue -S train.lr=...` for each rate, `dvc queue start --jobs 2`, wait for all to succeed.
-
-    The queue's workers inherit ``extra`` (e.g. MLFLOW_TRACKING_URI) from `dvc queue start`.
-    """
-    for lr in learning_rates:
-        queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", **extra)
-        assert queued.returncode == 0, queued.stderr
-    started = run(project, "dvc", "queue", "start", "--jobs", "2", **extra)
-    assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 480
-    while time.monotonic() < deadline:
-        status = run(project, "dvc", "queue", "status").stdout
-        # Finished tasks only: between states a task can be listed as neither queued nor running.
-        if status.count("Success") + status.count("Failed") >= len(learning_rates):
-            break
-        time.sleep(5)  # each `dvc queue status` is a process of its own: poll gently on a small machine
-    succeeded = status.count("Success") == len(learning_rates) and "Failed" not in status
-    assert succeeded, status + run(project, "dvc", "queue", "logs", "-h").stdout
-
-
 def test_two_queued_experiments_in_parallel_lose_no_run_or_metric(project):
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
     run(project, "dvc", "checkout", "--force")
@@ -194,7 +172,14 @@ def test_torchrun_two_processes_train_and_log_once(project):
     experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
     before = {r.info.run_id for r in mlflow_client.search_runs([experiment])}
     result = run(
-        project, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "stages/train.py"
+        project,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "stages/train.py",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("2 process(es)") == 1

@@ -1,5 +1,4 @@
 import io
-import socket
 import tarfile
 import zipfile
 from pathlib import Path
@@ -8,25 +7,19 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.archive import extract
-from pipeline.download import DownloadError, download
-from pipeline.errors import FetchError
-from pipeline.fetch import build_manifest, fetch_dataset
-from pipeline.io import write_json
-from pipeline.layouts import find_inventory
-from pipeline.synthetic import DEFAULT_COUNT
-from tests.conftest import PROJECT_ROOT, make_dataset
-from tests.httpserver import FileServer
+from pipeline.core.errors import FetchError
+from pipeline.core.files import write_json
+from pipeline.fetch.archive import extract
+from pipeline.fetch.dataset import build_manifest, fetch_dataset
+from pipeline.fetch.download import DownloadError, download
+from pipeline.fetch.synthetic import DEFAULT_COUNT
+from pipeline.prepare.layouts import find_inventory
+from tests.helpers.datasets import make_dataset
+from tests.helpers.httpserver import FileServer, closed_port_url
+from tests.helpers.project import PROJECT_ROOT
 
 MANIFEST = PROJECT_ROOT / "manifests" / "human-segmentation.json"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/data.zip"
 
 
 def test_download_writes_the_exact_bytes(tmp_path: Path):
@@ -87,7 +80,9 @@ def test_unreachable_source_says_how_to_use_a_local_copy(tmp_path: Path):
 def test_reference_zip_over_http_verifies_against_the_committed_manifest(tmp_path: Path, shared_zip: Path):
     with FileServer() as server:
         server.add("/master.zip", shared_zip.read_bytes())
-        fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
+        fetch_dataset(
+            server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2
+        )
     raw = tmp_path / "raw"
     assert len(list((raw / "Training_Images").glob("*.jpg"))) == 290
     assert len(list((raw / "Ground_Truth").glob("*.png"))) == 290
@@ -96,7 +91,11 @@ def test_reference_zip_over_http_verifies_against_the_committed_manifest(tmp_pat
 
 def test_repacked_archive_of_the_same_files_passes_and_a_changed_file_fails(tmp_path: Path, shared_zip: Path):
     repacked, tampered = tmp_path / "repacked.tar.gz", tmp_path / "tampered.zip"
-    with zipfile.ZipFile(shared_zip) as source, tarfile.open(repacked, "w:gz") as tar, zipfile.ZipFile(tampered, "w") as bad:
+    with (
+        zipfile.ZipFile(shared_zip) as source,
+        tarfile.open(repacked, "w:gz") as tar,
+        zipfile.ZipFile(tampered, "w") as bad,
+    ):
         for info in source.infolist():
             data = source.read(info) if not info.is_dir() else b""
             if info.is_dir():
@@ -119,7 +118,13 @@ def test_wrong_bytes_from_the_server_fail_and_are_not_cached(tmp_path: Path):
         route = server.add("/master.zip", archive.read_bytes())
         for _ in range(2):
             with pytest.raises(FetchError, match="does not match the manifest"):
-                fetch_dataset(server.url("/master.zip"), tmp_path / "raw", manifest=MANIFEST, cache_dir=tmp_path / "cache", classes=2)
+                fetch_dataset(
+                    server.url("/master.zip"),
+                    tmp_path / "raw",
+                    manifest=MANIFEST,
+                    cache_dir=tmp_path / "cache",
+                    classes=2,
+                )
     assert len(route.requests) == 2  # the bad download was dropped, not reused
     assert not (tmp_path / "raw").exists()
     assert list((tmp_path / "cache").iterdir()) == []
@@ -130,7 +135,9 @@ def test_local_folder_source_and_missing_path(tmp_path: Path):
     fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
     assert build_manifest(tmp_path / "raw") == build_manifest(tmp_path / "mine")
     with pytest.raises(FetchError, match="does not exist"):
-        fetch_dataset(str(tmp_path / "absent"), tmp_path / "raw2", manifest=None, cache_dir=tmp_path / "cache", classes=2)
+        fetch_dataset(
+            str(tmp_path / "absent"), tmp_path / "raw2", manifest=None, cache_dir=tmp_path / "cache", classes=2
+        )
 
 
 def test_refetch_replaces_the_previous_content(tmp_path: Path):
@@ -147,7 +154,9 @@ def test_manifest_lists_missing_and_unexpected_files(tmp_path: Path):
     manifest["images/999.jpg"] = manifest.pop("images/001.jpg")
     write_json(tmp_path / "m.json", {"files": manifest})
     with pytest.raises(FetchError) as caught:
-        fetch_dataset(str(tmp_path / "mine"), tmp_path / "raw", manifest=tmp_path / "m.json", cache_dir=tmp_path / "c", classes=2)
+        fetch_dataset(
+            str(tmp_path / "mine"), tmp_path / "raw", manifest=tmp_path / "m.json", cache_dir=tmp_path / "c", classes=2
+        )
     assert "missing (1): images/999.jpg" in str(caught.value)
     assert "unexpected (1): images/001.jpg" in str(caught.value)
 
@@ -173,7 +182,7 @@ def test_links_in_archives_are_refused(tmp_path: Path):
     zipped = tmp_path / "link.zip"
     with zipfile.ZipFile(zipped, "w") as bundle:
         info = zipfile.ZipInfo("data/passwd")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         bundle.writestr(info, "/etc/passwd")
     with pytest.raises(FetchError, match="symbolic link"):
         extract_and_wrap(zipped, tmp_path)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.layouts import find_inventory
-from tests.conftest import make_dataset
+from pipeline.core.errors import DataError
+from pipeline.prepare.layouts import find_inventory
+from tests.helpers.datasets import make_dataset
 
 
 def write_csv(path: Path, header: str, rows: list[str]) -> Path:
@@ -58,26 +58,37 @@ def test_duplicate_stems_are_bad_and_their_partner_is_not_called_unpaired(tmp_pa
 
 def test_reference_style_csv_with_a_stale_prefix_is_resolved_and_preferred(tmp_path: Path):
     make_dataset(tmp_path, count=3, image_dir="Training_Images", mask_dir="Ground_Truth")
-    write_csv(tmp_path / "train.csv", "masks,images", [
-        f"Old-Name-master/Ground_Truth/{i:03d}.png,Old-Name-master/Training_Images/{i:03d}.jpg" for i in range(3)
-    ])
+    write_csv(
+        tmp_path / "train.csv",
+        "masks,images",
+        [f"Old-Name-master/Ground_Truth/{i:03d}.png,Old-Name-master/Training_Images/{i:03d}.jpg" for i in range(3)],
+    )
     inventory = find_inventory(tmp_path, "auto")
     assert inventory.layout == {"kind": "csv", "csv": "train.csv"}
     assert [(pair.id, pair.image, pair.mask) for pair in inventory.pairs][0] == (
-        "000", tmp_path / "Training_Images" / "000.jpg", tmp_path / "Ground_Truth" / "000.png"
+        "000",
+        tmp_path / "Training_Images" / "000.jpg",
+        tmp_path / "Ground_Truth" / "000.png",
     )
     assert len(inventory.pairs) == 3 and inventory.bad == []
 
 
 def test_csv_with_absolute_windows_paths_and_a_missing_row(tmp_path: Path):
     make_dataset(tmp_path / "data", count=2)
-    write_csv(tmp_path / "lists" / "pairs.csv", "Image Path,Mask_Path", [
-        r"C:\Users\me\set\images\000.jpg,C:\Users\me\set\masks\000.png",
-        "/home/me/set/images/001.jpg,/home/me/set/masks/001.png",
-        "images/404.jpg,masks/404.png",
-    ])
+    write_csv(
+        tmp_path / "lists" / "pairs.csv",
+        "Image Path,Mask_Path",
+        [
+            r"C:\Users\me\set\images\000.jpg,C:\Users\me\set\masks\000.png",
+            "/home/me/set/images/001.jpg,/home/me/set/masks/001.png",
+            "images/404.jpg,masks/404.png",
+        ],
+    )
     inventory = find_inventory(tmp_path, "auto")
-    assert [pair.image for pair in inventory.pairs] == [tmp_path / "data/images/000.jpg", tmp_path / "data/images/001.jpg"]
+    assert [pair.image for pair in inventory.pairs] == [
+        tmp_path / "data/images/000.jpg",
+        tmp_path / "data/images/001.jpg",
+    ]
     [bad] = inventory.bad
     assert (bad.reason, bad.files) == ("missing_file", (tmp_path / "lists" / "pairs.csv",))
     assert bad.detail == "line 4: image 'images/404.jpg' not found; mask 'masks/404.png' not found"
@@ -90,7 +101,8 @@ def test_csv_paths_cannot_escape_the_dataset_root(tmp_path: Path):
     inventory = find_inventory(root, "auto")
     assert inventory.pairs == [] and inventory.bad[0].reason == "missing_file"
     assert inventory.bad[0].detail == (
-        "line 2: image '../outside/images/000.jpg' leaves the dataset folder; mask '../outside/masks/000.png' leaves the dataset folder"
+        "line 2: image '../outside/images/000.jpg' leaves the dataset folder; "
+        "mask '../outside/masks/000.png' leaves the dataset folder"
     )
 
 
@@ -108,7 +120,10 @@ def test_two_pair_csvs_are_ambiguous_until_data_layout_names_one(tmp_path: Path)
     write_csv(tmp_path / "a.csv", "image,mask", ["images/000.jpg,masks/000.png"])
     write_csv(tmp_path / "b.csv", "image,mask", ["images/001.jpg,masks/001.png"])
     write_csv(tmp_path / "classes.csv", "id,label_name", ["1,person"])  # not a pair list
-    with pytest.raises(DataError, match=r"several CSV files list image/mask pairs \(a.csv, b.csv\); choose one with data.layout: csv:<file>"):
+    with pytest.raises(
+        DataError,
+        match=r"several CSV files list image/mask pairs \(a.csv, b.csv\); choose one with data.layout: csv:<file>",
+    ):
         find_inventory(tmp_path, "auto")
     assert [pair.id for pair in find_inventory(tmp_path, "csv:b.csv").pairs] == ["001"]
     assert len(find_inventory(tmp_path, "folders").pairs) == 2
@@ -119,7 +134,9 @@ def test_unusual_folder_names_need_the_override_and_the_error_says_so(tmp_path: 
     with pytest.raises(DataError, match="no image folder found.*data.layout to folders:<images folder>,<masks folder>"):
         find_inventory(tmp_path, "auto")
     inventory = find_inventory(tmp_path, "folders:rgb,segmentation")
-    assert inventory.layout == {"kind": "folders", "images": "rgb", "masks": "segmentation"} and len(inventory.pairs) == 2
+    assert (
+        inventory.layout == {"kind": "folders", "images": "rgb", "masks": "segmentation"} and len(inventory.pairs) == 2
+    )
     with pytest.raises(DataError, match=r"data.layout: 'nope' is not a path inside the dataset root"):
         find_inventory(tmp_path, "folders:nope,segmentation")
     with pytest.raises(DataError, match="not a path inside"):
@@ -129,5 +146,7 @@ def test_unusual_folder_names_need_the_override_and_the_error_says_so(tmp_path: 
 def test_several_candidate_folders_are_ambiguous(tmp_path: Path):
     make_dataset(tmp_path / "train", count=1)
     make_dataset(tmp_path / "val", count=1)
-    with pytest.raises(DataError, match=r"several candidate image/mask folders \(train/images, val/images, train/masks, val/masks\)"):
+    with pytest.raises(
+        DataError, match=r"several candidate image/mask folders \(train/images, val/images, train/masks, val/masks\)"
+    ):
         find_inventory(tmp_path, "auto")

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pipeline.classes import PERSON, ClassSpec
-from pipeline.metrics import METRIC_FUNCTIONS, DiceBCELoss, DiceCELoss, SegmentationMetrics, build_loss
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.model.losses import DiceBCELoss, DiceCELoss, build_loss
+from pipeline.model.metrics import METRIC_FUNCTIONS, SegmentationMetrics
 
 BIG = 20.0  # a logit whose sigmoid is 1 to float precision
 

@@ -13,8 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import copy_project, load_params, tiny_params, write_params
-from tests.test_pipeline_e2e import STAGES, repro, run
+from tests.helpers.project import STAGES, copy_project, load_params, repro, run, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
 CLASSES = ["background", "ellipse", "rectangle"]
@@ -74,7 +73,9 @@ def test_per_class_metrics_beat_chance(project):
     for name in CLASSES:
         assert 0 < evaluation[f"test_iou_{name}"] <= evaluation[f"test_dice_{name}"] <= 1
     # The headline is the mean over the foreground classes; binary-only keys are absent.
-    assert evaluation["test_dice"] == pytest.approx((evaluation["test_dice_ellipse"] + evaluation["test_dice_rectangle"]) / 2)
+    assert evaluation["test_dice"] == pytest.approx(
+        (evaluation["test_dice_ellipse"] + evaluation["test_dice_rectangle"]) / 2
+    )
     assert "threshold" not in evaluation and "val_dice_at_threshold" not in evaluation
     assert read_json(project / "models" / "inference.json")["threshold"] is None
 
@@ -96,13 +97,28 @@ def test_history_and_mlflow_hold_per_class_curves(project):
     for name in CLASSES:
         steps = [metric.step for metric in client.get_metric_history(run_id, f"val_dice_{name}")]
         assert steps == list(range(1, EPOCHS + 1)), name
-    assert client.get_run(run_id).data.metrics["test_dice_ellipse"] == read_json(project / "metrics" / "evaluate.json")["test_dice_ellipse"]
+    assert (
+        client.get_run(run_id).data.metrics["test_dice_ellipse"]
+        == read_json(project / "metrics" / "evaluate.json")["test_dice_ellipse"]
+    )
 
 
 def test_predict_writes_index_masks_and_palette_overlays_and_serving_returns_class_maps(project, tmp_path):
     photos = sorted((project / "data" / "raw" / "images").glob("*.jpg"))[:3]
-    run(project, sys.executable, "-m", "pipeline", "predict", *map(str, photos),
-        "--model", "models:/shapes-unet@champion", "--out", str(tmp_path / "masks"), "--overlay")
+    run(
+        project,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "predict",
+        *map(str, photos),
+        "--model",
+        "models:/shapes-unet@champion",
+        "--out",
+        str(tmp_path / "masks"),
+        "--overlay",
+        check=True,
+    )
     for photo in photos:
         mask = cv2.imread(str(tmp_path / "masks" / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == cv2.imread(str(photo)).shape[:2] and set(np.unique(mask).tolist()) <= {0, 1, 2}

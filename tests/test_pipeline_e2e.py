@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,36 +12,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import copy_project, load_params, tiny_params, write_params
-from tests.httpserver import FileServer
-from tests.test_fetch import closed_port_url
+from tests.helpers.httpserver import FileServer, closed_port_url
+from tests.helpers.project import STAGES, copy_project, load_params, repro, run, set_param, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
-STAGES = ("fetch", "split", "train", "evaluate")
-
-
-def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    # Stage commands call `python`: it must be this interpreter, with the package installed.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    # ...and import the copied code, not whichever checkout the package was installed from.
-    env["PYTHONPATH"] = str(project)
-    result = subprocess.run(args, cwd=project, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
-
-def repro(project: Path) -> set[str]:
-    """Run `dvc repro`; return the stages that actually ran."""
-    output = run(project, "dvc", "repro").stdout
-    return set(re.findall(r"Running stage '(\w+)'", output))
-
-
-def set_param(project: Path, section: str, key: str, value: object) -> None:
-    params = load_params(project / "params.yaml")
-    params[section][key] = value
-    write_params(project / "params.yaml", params)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +76,17 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert logged == {f"evaluation/{name}" for name in ("confusion.csv", "confusion.png", "gallery.png", "model_card.md",
-                                                         "test_per_image.csv", "threshold_sweep.csv")}
+    assert logged == {
+        f"evaluation/{name}"
+        for name in (
+            "confusion.csv",
+            "confusion.png",
+            "gallery.png",
+            "model_card.md",
+            "test_per_image.csv",
+            "threshold_sweep.csv",
+        )
+    }
 
 
 def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(project, client):
@@ -114,7 +95,9 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     version = client.get_model_version("human-segmentation-unet", "1")
     run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
     assert version.run_id == run.info.run_id
-    assert {key: version.tags[key] for key in ("data_hash", "git_commit")} == {key: run.data.tags[key] for key in ("data_hash", "git_commit")}
+    assert {key: version.tags[key] for key in ("data_hash", "git_commit")} == {
+        key: run.data.tags[key] for key in ("data_hash", "git_commit")
+    }
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
     model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
@@ -125,6 +108,26 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
 
 def test_repro_again_runs_nothing(project):
     assert repro(project) == set()
+
+
+@pytest.mark.parametrize(
+    ("edited", "stale"),
+    [
+        ("pipeline/serve/palette.py", {"evaluate"}),  # the gallery's and overlays' colours
+        ("pipeline/train/augmentation.py", {"train"}),
+        ("pipeline/fetch/archive.py", {"fetch"}),  # split follows only if fetch's output changes
+    ],
+)
+def test_a_code_change_makes_only_the_stages_that_run_it_stale(project, edited, stale):
+    path = project / edited
+    original = path.read_text()
+    path.write_text(original + "# edited\n")
+    try:
+        status = run(project, "dvc", "status", check=True).stdout
+    finally:
+        path.write_text(original)
+    assert set(re.findall(r"^(\w+):$", status, flags=re.MULTILINE)) == stale, status
+    assert run(project, "dvc", "status", check=True).stdout.strip() == "Data and pipelines are up to date."
 
 
 def test_changing_lr_reruns_train_and_evaluate_only(project, client):
@@ -156,15 +159,34 @@ def test_changing_split_seed_reruns_all_but_fetch(project):
 def test_predict_cli_writes_masks_at_original_size(project, tmp_path):
     photos = sorted((project / "data" / "raw" / "Training_Images").glob("*.jpg"))[:3]
     result = run(
-        project, sys.executable, "-m", "pipeline", "predict", *map(str, photos), str(tmp_path / "missing.jpg"),
-        "--model", "models/best.pt", "--out", str(tmp_path / "masks"), check=False,
+        project,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "predict",
+        *map(str, photos),
+        str(tmp_path / "missing.jpg"),
+        "--model",
+        "models/best.pt",
+        "--out",
+        str(tmp_path / "masks"),
     )
     assert "no such file, folder or matching glob" in result.stderr and result.returncode == 2
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     result = run(
-        project, sys.executable, "-m", "pipeline", "predict", *map(str, photos), str(broken),
-        "--model", "models:/human-segmentation-unet/1", "--out", str(tmp_path / "masks"), "--overlay", check=False,
+        project,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "predict",
+        *map(str, photos),
+        str(broken),
+        "--model",
+        "models:/human-segmentation-unet/1",
+        "--out",
+        str(tmp_path / "masks"),
+        "--overlay",
     )
     assert result.returncode == 1, result.stderr
     assert "wrote 3 mask(s)" in result.stdout and f"skipped {broken}: cannot be decoded" in result.stdout
@@ -177,17 +199,17 @@ def test_predict_cli_writes_masks_at_original_size(project, tmp_path):
 
 def test_bad_param_fails_before_work_naming_the_key(project):
     set_param(project, "train", "lr", -1.0)
-    result = run(project, "dvc", "repro", check=False)
+    result = run(project, "dvc", "repro")
     assert result.returncode != 0
     assert "train.lr: Input should be greater than 0" in result.stderr + result.stdout
-    direct = run(project, sys.executable, "stages/split.py", check=False)
+    direct = run(project, sys.executable, "stages/split.py")
     assert direct.returncode == 2 and "train.lr" in direct.stderr and "Traceback" not in direct.stderr
     set_param(project, "train", "lr", 0.001)
 
 
 def test_unreachable_source_fails_with_one_clear_message(project):
     set_param(project, "data", "source", closed_port_url())
-    result = run(project, sys.executable, "stages/fetch.py", check=False)
+    result = run(project, sys.executable, "stages/fetch.py")
     assert result.returncode == 2
     assert "fetch: error: could not download data.source" in result.stderr
     assert "point data.source at a .zip, .tar.gz or folder" in result.stderr

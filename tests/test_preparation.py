@@ -9,19 +9,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import DataConfig, SplitConfig
-from pipeline.data import load_split, read_split_info
-from pipeline.errors import DataError
-from pipeline.preparation import build_split
-from pipeline.report import format_summary, report_headline
-from tests.conftest import make_dataset
+from pipeline.core.config import DataConfig, SplitConfig
+from pipeline.core.errors import DataError
+from pipeline.core.splits import SplitInfo, load_split
+from pipeline.prepare.preparation import build_split
+from pipeline.prepare.report import format_summary
+from tests.helpers.datasets import make_dataset
 
 SPLIT = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=3)
 
 
 def data_config(policy: str = "error", layout: str = "auto") -> DataConfig:
-    return DataConfig(source="unused", manifest=None, layout=layout, classes=["background", "person"], palette=None,
-                      on_bad_sample=policy, image_size=32)
+    return DataConfig(
+        source="unused",
+        manifest=None,
+        layout=layout,
+        classes=["background", "person"],
+        palette=None,
+        on_bad_sample=policy,
+        image_size=32,
+    )
 
 
 def messy_dataset(root: Path) -> Path:
@@ -67,9 +74,12 @@ def test_error_policy_stops_naming_every_bad_file_at_once(tmp_path: Path):
     message = str(caught.value)
     assert message.startswith("6 bad sample(s):")
     for name, reason in [
-        ("100.jpg", "truncated or corrupt image"), ("101.jpg", "empty file (0 bytes)"),
-        ("102.jpg", "not a readable image"), ("106.png", "mask is 20x48 but its image is 48x48"),
-        ("107.jpg", "image has no mask"), ("108.png", "2 image files share the name '108'"),
+        ("100.jpg", "truncated or corrupt image"),
+        ("101.jpg", "empty file (0 bytes)"),
+        ("102.jpg", "not a readable image"),
+        ("106.png", "mask is 20x48 but its image is 48x48"),
+        ("107.jpg", "image has no mask"),
+        ("108.png", "2 image files share the name '108'"),
     ]:
         assert any(name in line and reason in line for line in message.splitlines()), (name, message)
     assert "data.on_bad_sample: skip" in message
@@ -84,24 +94,33 @@ def test_skip_policy_drops_bad_samples_and_the_report_says_what_happened(tmp_pat
     assert report["pairs"] == {"found": 22, "used": 16, "repaired": 3, "skipped": 6}
     assert report["repairs_by_kind"] == {"16bit_to_8bit": 1, "alpha_dropped": 1, "mask_thresholded": 1}
     assert report["skipped_by_reason"] == {
-        "duplicate_stem": 1, "empty_file": 1, "size_mismatch": 1, "truncated": 1, "unpaired": 1, "unreadable": 1,
+        "duplicate_stem": 1,
+        "empty_file": 1,
+        "size_mismatch": 1,
+        "truncated": 1,
+        "unpaired": 1,
+        "unreadable": 1,
     }
     assert [(entry["files"], entry["reason"]) for entry in report["skipped"]] == [
-        (["images/100.jpg"], "truncated"), (["images/101.jpg"], "empty_file"), (["images/102.jpg"], "unreadable"),
-        (["images/107.jpg"], "unpaired"), (["images/108.jpg", "images/108.png"], "duplicate_stem"),
+        (["images/100.jpg"], "truncated"),
+        (["images/101.jpg"], "empty_file"),
+        (["images/102.jpg"], "unreadable"),
+        (["images/107.jpg"], "unpaired"),
+        (["images/108.jpg", "images/108.png"], "duplicate_stem"),
         (["masks/106.png"], "size_mismatch"),
     ]
     assert [(entry["id"], entry["repairs"]) for entry in report["repaired"]] == [
-        ("103", ["alpha channel dropped"]), ("104", ["16-bit image scaled to 8 bits"]),
+        ("103", ["alpha channel dropped"]),
+        ("104", ["16-bit image scaled to 8 bits"]),
         ("105", [report["repaired"][2]["repairs"][0]]),
     ]
     assert report["repaired"][2]["repairs"][0].endswith("(anti-aliased edges): thresholded at 128")
     assert report["ignored_files"] == ["images/README.txt"]
     assert report["image_size"]["most_common"] == {"48x48": 16}
-    info = read_split_info(tmp_path / "out" / "split")
-    kept = sorted(id_ for ids in info["ids"].values() for id_ in ids)
+    info = SplitInfo.read(tmp_path / "out" / "split")
+    kept = sorted(id_ for ids in info.ids.values() for id_ in ids)
     assert kept == [f"{i:03d}" for i in range(12)] + ["103", "104", "105", "109"]
-    assert report["split"] == info["counts"] == {"train": 10, "val": 3, "test": 3}
+    assert report["split"] == info.counts == {"train": 10, "val": 3, "test": 3}
     for name, stats in report["foreground_fraction"].items():
         _, masks = load_split(tmp_path / "out" / "split", name)
         assert stats["pairs"] == len(masks) and stats["mean"] == pytest.approx(masks.mean(axis=(1, 2)).mean(), abs=1e-4)
@@ -114,7 +133,7 @@ def test_exact_duplicates_are_reported_and_share_a_split_whatever_the_seed(tmp_p
         report = build_split(root, tmp_path / "split", tmp_path / "report.json", data_config("skip"), split)
         [group] = report["duplicates"]
         assert group["ids"] == ["000", "109"]
-        ids = read_split_info(tmp_path / "split")["ids"]
+        ids = SplitInfo.read(tmp_path / "split").ids
         assert "000" in ids[group["split"]] and "109" in ids[group["split"]]
 
 
@@ -122,12 +141,18 @@ def test_rerun_is_byte_identical_and_changed_data_changes_hash_and_split(tmp_pat
     root = make_dataset(tmp_path / "raw", count=20)
     first = run(tmp_path, root, "a")
     run(tmp_path, root, "b")
-    for name in ("report.json", "split/split.json", "split/train/images.npy", "split/val/masks.npy", "split/test/images.npy"):
+    for name in (
+        "report.json",
+        "split/split.json",
+        "split/train/images.npy",
+        "split/val/masks.npy",
+        "split/test/images.npy",
+    ):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     cv2.imwrite(str(root / "masks" / "004.png"), np.zeros((48, 48), np.uint8))
     changed = run(tmp_path, root, "c")
     assert changed["data_hash"] != first["data_hash"]
-    assert read_split_info(tmp_path / "c" / "split")["ids"] != read_split_info(tmp_path / "a" / "split")["ids"]
+    assert SplitInfo.read(tmp_path / "c" / "split").ids != SplitInfo.read(tmp_path / "a" / "split").ids
 
 
 def test_summary_and_headline_carry_the_reports_numbers(tmp_path: Path):
@@ -136,9 +161,15 @@ def test_summary_and_headline_carry_the_reports_numbers(tmp_path: Path):
     assert "pairs: 22 found, 16 used, 3 repaired, 6 skipped" in summary
     assert "skipped: duplicate_stem 1, empty_file 1, size_mismatch 1, truncated 1, unpaired 1, unreadable 1" in summary
     assert f"000 = 109 ({report['duplicates'][0]['split']})" in summary
-    headline = report_headline(report)
-    assert {key: headline[key] for key in ("data_pairs_found", "data_pairs_used", "data_pairs_skipped", "data_duplicate_groups")} == {
-        "data_pairs_found": 22.0, "data_pairs_used": 16.0, "data_pairs_skipped": 6.0, "data_duplicate_groups": 1.0,
+    headline = report["headline"]
+    assert {
+        key: headline[key]
+        for key in ("data_pairs_found", "data_pairs_used", "data_pairs_skipped", "data_duplicate_groups")
+    } == {
+        "data_pairs_found": 22.0,
+        "data_pairs_used": 16.0,
+        "data_pairs_skipped": 6.0,
+        "data_duplicate_groups": 1.0,
     }
     assert headline["data_test_foreground"] == report["foreground_fraction"]["test"]["mean"]
 
@@ -146,7 +177,9 @@ def test_summary_and_headline_carry_the_reports_numbers(tmp_path: Path):
 def test_the_reference_layout_from_a_csv_with_exif_rotated_photos(tmp_path: Path):
     root = make_dataset(tmp_path / "raw", count=10, image_dir="Training_Images", mask_dir="Ground_Truth")
     rows = [f"Ground_Truth/{i:03d}.png,Training_Images/{i:03d}.jpg" for i in range(10)]
-    (root / "train.csv").write_text("masks,images\n" + "\n".join(f"Some-master/{row.replace(',', ',Some-master/')}" for row in rows))
+    (root / "train.csv").write_text(
+        "masks,images\n" + "\n".join(f"Some-master/{row.replace(',', ',Some-master/')}" for row in rows)
+    )
     # A portrait photo stored sideways, as phones do, with its mask drawn upright.
     stored = np.zeros((30, 40, 3), np.uint8)
     exif = Image.Exif()
@@ -158,7 +191,11 @@ def test_the_reference_layout_from_a_csv_with_exif_rotated_photos(tmp_path: Path
     report = run(tmp_path, root)
     assert report["layout"] == {"kind": "csv", "csv": "train.csv"}
     assert report["pairs"] == {"found": 10, "used": 10, "repaired": 1, "skipped": 0}
-    assert report["repaired"] == [{
-        "id": "003", "image": "Training_Images/003.jpg", "mask": "Ground_Truth/003.png",
-        "repairs": ["image turned upright per EXIF orientation 8, as viewers and predict show it"],
-    }]
+    assert report["repaired"] == [
+        {
+            "id": "003",
+            "image": "Training_Images/003.jpg",
+            "mask": "Ground_Truth/003.png",
+            "repairs": ["image turned upright per EXIF orientation 8, as viewers and predict show it"],
+        }
+    ]

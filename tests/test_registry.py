@@ -1,14 +1,26 @@
 import math
+from dataclasses import replace
 
 import mlflow
 import pytest
 
-from pipeline.registry import (
-    CHALLENGER, CHAMPION, Contender, apply_decision, current_champion, decide_alias, identify_test_set, version_tags,
+from pipeline.core.classes import PERSON
+from pipeline.core.splits import SplitInfo
+from pipeline.evaluate.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Contender,
+    apply_decision,
+    current_champion,
+    decide_alias,
+    identify_test_set,
+    version_tags,
 )
-from tests.modelstore import NAME, register, tiny_checkpoint
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint
 
-SPLIT_INFO = {"data_hash": "abc", "image_size": 64, "ids": {"test": ["p1", "p2"], "val": ["p3"], "train": ["p4"]}}
+SPLIT_INFO = SplitInfo(
+    "abc", 64, PERSON, {"train": 1, "val": 1, "test": 2}, {"test": ["p1", "p2"], "val": ["p3"], "train": ["p4"]}
+)
 
 
 def test_first_model_becomes_champion():
@@ -34,17 +46,28 @@ def test_scores_on_other_test_data_are_not_compared():
 
 def test_test_set_id_follows_data_size_and_membership():
     base = identify_test_set(SPLIT_INFO)
-    assert identify_test_set({**SPLIT_INFO, "ids": {**SPLIT_INFO["ids"], "train": ["other"]}}) == base  # train is irrelevant
-    assert identify_test_set({**SPLIT_INFO, "ids": {**SPLIT_INFO["ids"], "test": ["p1"]}}) != base
-    assert identify_test_set({**SPLIT_INFO, "image_size": 320}) != base
-    assert identify_test_set({**SPLIT_INFO, "data_hash": "def"}) != base
+    assert (
+        identify_test_set(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, "train": ["other"]})) == base
+    )  # train is irrelevant
+    assert identify_test_set(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, "test": ["p1"]})) != base
+    assert identify_test_set(replace(SPLIT_INFO, image_size=320)) != base
+    assert identify_test_set(replace(SPLIT_INFO, data_hash="def")) != base
 
 
 def test_version_tags_keep_full_precision_and_provenance():
-    tags = version_tags({"data_hash": "abc", "git_commit": "1234"}, SPLIT_INFO,
-                        {"test_dice": 0.123456789012, "test_loss": 0.5, "threshold": 0.45, "val_dice_at_threshold": 0.9})
-    assert tags == {"data_hash": "abc", "git_commit": "1234", "test_set": identify_test_set(SPLIT_INFO),
-                    "test_dice": "0.123456789012", "test_loss": "0.5", "threshold": "0.45"}
+    tags = version_tags(
+        {"data_hash": "abc", "git_commit": "1234"},
+        SPLIT_INFO,
+        {"test_dice": 0.123456789012, "test_loss": 0.5, "threshold": 0.45, "val_dice_at_threshold": 0.9},
+    )
+    assert tags == {
+        "data_hash": "abc",
+        "git_commit": "1234",
+        "test_set": identify_test_set(SPLIT_INFO),
+        "test_dice": "0.123456789012",
+        "test_loss": "0.5",
+        "threshold": "0.45",
+    }
 
 
 def test_registered_versions_get_tags_card_and_aliases(tmp_path):
@@ -61,6 +84,9 @@ def test_registered_versions_get_tags_card_and_aliases(tmp_path):
     registered = client().get_registered_model(NAME)
     assert registered.aliases == {CHAMPION: 3, CHALLENGER: 2}
     version = client().get_model_version(NAME, "2")
-    assert version.tags["alias_decision"] == CHALLENGER and "does not beat champion version 1" in version.tags["alias_reason"]
+    assert (
+        version.tags["alias_decision"] == CHALLENGER
+        and "does not beat champion version 1" in version.tags["alias_reason"]
+    )
     assert version.description == "# card\n"
     assert client().get_run(version.run_id).data.tags["alias_decision"] == CHALLENGER

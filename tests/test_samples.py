@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.layouts import Pair
-from pipeline.report import BadSample
-from pipeline.classes import PERSON, ClassSpec
-from pipeline.samples import read_pair
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.prepare.layouts import Pair
+from pipeline.prepare.report import BadSample
+from pipeline.prepare.samples import read_pair
 
 PHOTO = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)  # 60 wide, 40 high, BGR
 MASK = np.zeros((40, 60), np.uint8)
@@ -135,7 +135,9 @@ def test_class_label_masks_are_rejected_not_binarised():
     labels = (MASK // 255) * 2
     labels[0, 0] = 1
     bad = read(encode(PHOTO, ".png"), encode(labels, ".png"), "p.jpg", "labels.png")
-    assert bad == BadSample("mask_values", (Path("labels.png"),), "mask values 0, 1, 2 are neither 0/255 nor 0/1 (class labels?)")
+    assert bad == BadSample(
+        "mask_values", (Path("labels.png"),), "mask values 0, 1, 2 are neither 0/255 nor 0/1 (class labels?)"
+    )
 
 
 def test_colour_mask_is_rejected_but_grey_stored_as_rgb_is_reduced():
@@ -164,7 +166,8 @@ def test_smaller_mask_with_the_same_aspect_is_resized_nearest():
 def test_mask_with_another_aspect_ratio_is_rejected_naming_it():
     bad = read(encode(PHOTO, ".png"), encode(np.zeros((40, 40), np.uint8), ".png"), "p.jpg", "square.png")
     assert bad == BadSample(
-        "size_mismatch", (Path("square.png"),),
+        "size_mismatch",
+        (Path("square.png"),),
         "mask is 40x40 but its image is 60x40; the aspect ratios differ, so the mask cannot be rescaled to fit",
     )
 

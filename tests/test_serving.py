@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data import decode_image
-from pipeline.inference import InferenceSettings
-from pipeline.predict import Predictor, load_predictor
-from pipeline.serving import BadPayload, read_images
-from tests.conftest import PROJECT_ROOT
-from tests.modelstore import NAME, register, tiny_checkpoint, use_store
+from pipeline.core.images import decode_image
+from pipeline.serve.predictor import Predictor, load_predictor
+from pipeline.serve.pyfunc import BadPayload, read_images
+from pipeline.serve.settings import InferenceSettings
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
+from tests.helpers.project import PROJECT_ROOT
 
 THRESHOLD = 0.45
 CHAMPION_URI = f"models:/{NAME}@champion"
@@ -84,7 +84,7 @@ def test_predict_reads_settings_beside_the_checkpoint_only_for_that_checkpoint(t
     InferenceSettings(0.35, True, "0" * 64).save_beside(checkpoint)  # written for another checkpoint
     assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
     assert "no evaluated settings beside" in capsys.readouterr().out
-    from pipeline.io import sha256_file
+    from pipeline.core.files import sha256_file
 
     InferenceSettings(0.35, True, sha256_file(checkpoint)).save_beside(checkpoint)
     predictor = load_predictor(str(checkpoint), threshold=None, device="cpu")
@@ -136,13 +136,35 @@ def server(store, tmp_path):
     root, _ = store
     port = _free_port()
     log = (tmp_path / "server.log").open("wb")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PYTHONPATH": str(PROJECT_ROOT),
-           # MLflow starts `uvicorn` by name: this interpreter's environment must come first on PATH.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "PYTHONPATH": str(PROJECT_ROOT),
+        # MLflow starts `uvicorn` by name: this interpreter's environment must come first on PATH.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION_URI, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            CHAMPION_URI,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         base = f"http://127.0.0.1:{port}"

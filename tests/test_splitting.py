@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import DataError
-from pipeline.splitting import split_pairs
+from pipeline.core.errors import DataError
+from pipeline.prepare.splitting import split_pairs
 
 HASH = "ab" * 32
 
@@ -35,7 +35,11 @@ def test_split_is_disjoint_complete_stable_under_shuffling_and_keeps_duplicates_
     foreground, duplicates = data
     result = split(foreground, duplicates, seed=seed)
     sets = {name: set(ids) for name, ids in result.items()}
-    assert sets["train"].isdisjoint(sets["val"]) and sets["train"].isdisjoint(sets["test"]) and sets["val"].isdisjoint(sets["test"])
+    assert (
+        sets["train"].isdisjoint(sets["val"])
+        and sets["train"].isdisjoint(sets["test"])
+        and sets["val"].isdisjoint(sets["test"])
+    )
     assert sets["train"] | sets["val"] | sets["test"] == set(foreground)
     assert sets["train"] and sets["val"] and sets["test"]
     for group in duplicates:

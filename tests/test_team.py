@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,8 +24,19 @@ import mlflow
 import pytest
 import requests
 
-from tests.conftest import PROJECT_ROOT, copy_project, load_params, make_dataset, tiny_params, write_params
-from tests.test_faults import GIT, environment, run, run_queued_experiments
+from tests.helpers.datasets import make_dataset
+from tests.helpers.project import (
+    GIT,
+    PROJECT_ROOT,
+    copy_project,
+    environment,
+    load_params,
+    ran_stages,
+    run,
+    run_queued_experiments,
+    tiny_params,
+    write_params,
+)
 
 SCRIPT = PROJECT_ROOT / "scripts" / "tracking_server.py"
 MODEL = "human-segmentation-unet"
@@ -51,11 +61,6 @@ def free_port() -> int:
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def ran_stages(result: subprocess.CompletedProcess) -> set[str]:
-    assert result.returncode == 0, f"{result.args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return set(re.findall(r"Running stage '(\w+)'", result.stdout))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,12 @@ def project(tmp_path_factory, server, photos):
     params = tiny_params(load_params(root / "params.yaml"), str(photos))
     params["data"]["manifest"] = None
     write_params(root / "params.yaml", params)
-    assert ran_stages(run(root, "dvc", "repro", MLFLOW_TRACKING_URI=server.tracking_uri)) == {"fetch", "split", "train", "evaluate"}
+    assert ran_stages(run(root, "dvc", "repro", MLFLOW_TRACKING_URI=server.tracking_uri)) == {
+        "fetch",
+        "split",
+        "train",
+        "evaluate",
+    }
     # What the README tells people to commit after a run: dvc.lock, metrics and models/run.json.
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "trained against the team server"], cwd=root, check=True)
@@ -127,9 +137,13 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
     # The backend store really is PostgreSQL, and the artifacts went through the server into its store.
     import psycopg
 
-    with psycopg.connect(host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", passfile=server.pgpass) as conn:
+    with psycopg.connect(
+        host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", passfile=server.pgpass
+    ) as conn:
         status = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (info["run_id"],)).fetchone()
-        steps = conn.execute("SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'val_dice'", (info["run_id"],)).fetchone()
+        steps = conn.execute(
+            "SELECT count(*) FROM metrics WHERE run_uuid = %s AND key = 'val_dice'", (info["run_id"],)
+        ).fetchone()
     assert status == ("FINISHED",) and steps == (EPOCHS,)
     assert [a.path for a in client.list_artifacts(info["run_id"], "checkpoint")] == ["checkpoint/best.pt"]
     stored = list(Path(server.artifacts_destination).rglob("checkpoint/best.pt"))
@@ -144,7 +158,9 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
     decision = json.loads((project / "models" / "registry.json").read_text())
     version = client.get_model_version(MODEL, decision["version"])
     assert version.run_id == info["run_id"] and version.status == "READY"
-    assert float(version.tags["test_dice"]) == pytest.approx(client.get_run(info["run_id"]).data.metrics["test_dice"], rel=1e-5)
+    assert float(version.tags["test_dice"]) == pytest.approx(
+        client.get_run(info["run_id"]).data.metrics["test_dice"], rel=1e-5
+    )
     assert decision["alias"] == "champion"
     assert client.get_model_version_by_alias(MODEL, "champion").version == decision["version"]
     client.set_registered_model_alias(MODEL, "team-review", decision["version"])
@@ -152,8 +168,17 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
 
     images = sorted((photos / "images").glob("*.jpg"))[:2]
     predicted = run(
-        project, sys.executable, "-m", "pipeline", "predict", *map(str, images),
-        "--model", f"models:/{MODEL}@team-review", "--out", str(tmp_path / "masks"), MLFLOW_TRACKING_URI=server.tracking_uri,
+        project,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "predict",
+        *map(str, images),
+        "--model",
+        f"models:/{MODEL}@team-review",
+        "--out",
+        str(tmp_path / "masks"),
+        MLFLOW_TRACKING_URI=server.tracking_uri,
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     for image in images:
@@ -162,10 +187,27 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
     # Serving resolves the alias and downloads the model through the tracking server.
     port = free_port()
     serving = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}@team-review",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=environment(project, MLFLOW_TRACKING_URI=server.tracking_uri), cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@team-review",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env=environment(project, MLFLOW_TRACKING_URI=server.tracking_uri),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -205,7 +247,18 @@ def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, p
     assert "Data and pipelines are up to date" in run(clone, "dvc", "status").stdout
 
     images = sorted((photos / "images").glob("*.jpg"))[:2]
-    predicted = run(clone, sys.executable, "-m", "pipeline", "predict", *map(str, images), "--model", "models/best.pt", "--out", "masks")
+    predicted = run(
+        clone,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "predict",
+        *map(str, images),
+        "--model",
+        "models/best.pt",
+        "--out",
+        "masks",
+    )
     assert predicted.returncode == 0 and "wrote 2 mask(s)" in predicted.stdout, predicted.stderr[-3000:]
 
 
@@ -227,7 +280,10 @@ def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project,
 def test_start_without_postgresql_says_how_to_install_it(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "start", "--dir", str(tmp_path / "tracking")],
-        env={**os.environ, "PG_BIN": str(tmp_path / "nowhere")}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PG_BIN": str(tmp_path / "nowhere")},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "PostgreSQL server programs (initdb, pg_ctl) not found" in result.stderr

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine import train_one_epoch
-from pipeline.errors import TrackingError, TrainingError
+from pipeline.core.errors import TrackingError, TrainingError
 from pipeline.tracking import connect, project_root, tracking_uri
-from tests.test_fetch import closed_port_url
+from pipeline.train.loop import train_one_epoch
+from tests.helpers.httpserver import closed_port_url
 
 
 def test_project_root_sees_through_dvc_experiment_workspaces(tmp_path: Path):
@@ -40,5 +40,7 @@ def test_cuda_out_of_memory_suggests_a_batch_size_that_fits():
     loader = [(torch.zeros(16, 3, 8, 8), torch.zeros(16, 1, 8, 8))]
     model = Exhausted()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    with pytest.raises(TrainingError, match=r"out of memory at epoch 3, step 1 with a batch of 16 .*train.batch_size=8"):
+    with pytest.raises(
+        TrainingError, match=r"out of memory at epoch 3, step 1 with a batch of 16 .*train.batch_size=8"
+    ):
         train_one_epoch(model, loader, torch.nn.MSELoss(), optimizer, torch.device("cpu"), epoch=3)

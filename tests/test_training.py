@@ -4,13 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import parse_config
-from pipeline.engine import NonFiniteLossError
-from pipeline.evaluation import evaluate_checkpoint
-from pipeline.model import load_model, read_checkpoint
-from pipeline.errors import ModelError
-from pipeline.training import TrainingSession, summary
-from tests.conftest import build_test_split, make_dataset
+from pipeline.core.config import parse_config
+from pipeline.core.errors import ModelError
+from pipeline.evaluate.predictions import evaluate_checkpoint
+from pipeline.model.checkpoint import load_model, read_checkpoint
+from pipeline.train.loop import NonFiniteLossError
+from pipeline.train.session import TrainingSession, summary
+from tests.helpers.datasets import build_test_split, make_dataset
 
 
 class ListTracker:
@@ -40,7 +40,11 @@ def tiny_config(params: dict, **train) -> object:
 
 def session(cfg, split_dir: Path, out: Path) -> TrainingSession:
     return TrainingSession(
-        cfg, split_dir=split_dir, pretrained_dir=out / "pretrained", best_path=out / "best.pt", last_path=out / "last.pt"
+        cfg,
+        split_dir=split_dir,
+        pretrained_dir=out / "pretrained",
+        best_path=out / "best.pt",
+        last_path=out / "last.pt",
     )
 
 
@@ -50,7 +54,11 @@ def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, spl
     assert [row["epoch"] for row in tracker.rows] == [1, 2, 3]
     assert set(tracker.rows[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"}
     best = min(tracker.rows, key=lambda row: row["val_loss"])
-    assert summary(state) == {"best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "val_dice_at_best": best["val_dice"]}
+    assert summary(state) == {
+        "best_epoch": best["epoch"],
+        "best_val_loss": best["val_loss"],
+        "val_dice_at_best": best["val_dice"],
+    }
     assert read_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
     model, meta = load_model(tmp_path / "best.pt")
     assert model(torch.zeros(2, 3, 64, 96)).shape == (2, 1, 64, 96)
@@ -135,7 +143,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_loader_workers_auto_is_none_on_cpu_and_some_on_gpu():
-    from pipeline.training import loader_workers
+    from pipeline.train.session import loader_workers
 
     assert loader_workers("auto", torch.device("cpu")) == 0
     assert 1 <= loader_workers("auto", torch.device("cuda")) <= 8

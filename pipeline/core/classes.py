@@ -14,13 +14,6 @@ from typing import Any
 
 Colour = tuple[int, int, int]
 
-# Okabe-Ito colours, told apart also by colour-blind readers; for overlays of index masks.
-DISTINCT_COLOURS: tuple[Colour, ...] = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167),
-)
-# What predict has always painted a person with; binary overlays without a palette keep it.
-BINARY_OVERLAY: Colour = (255, 64, 64)
-
 
 @dataclass(frozen=True)
 class ClassSpec:
@@ -29,7 +22,9 @@ class ClassSpec:
 
     @classmethod
     def of(cls, names: Sequence[str], palette: Sequence[Sequence[int]] | None) -> ClassSpec:
-        return cls(tuple(names), None if palette is None else tuple(tuple(int(c) for c in colour) for colour in palette))
+        return cls(
+            tuple(names), None if palette is None else tuple(tuple(int(c) for c in colour) for colour in palette)
+        )
 
     @property
     def count(self) -> int:
@@ -47,14 +42,6 @@ class ClassSpec:
     @property
     def foreground(self) -> tuple[str, ...]:
         return self.names[1:]
-
-    def overlay_colours(self) -> tuple[Colour, ...]:
-        """A colour per foreground class: the palette's, else fixed distinct ones."""
-        if self.palette is not None:
-            return self.palette[1:]
-        if self.binary:
-            return (BINARY_OVERLAY,)
-        return tuple(DISTINCT_COLOURS[index % len(DISTINCT_COLOURS)] for index in range(self.count - 1))
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "palette": None if self.palette is None else [list(c) for c in self.palette]}

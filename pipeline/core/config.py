@@ -43,7 +43,9 @@ class DataConfig(_Section):
     def _usable_names(cls, value: list[str]) -> list[str]:
         for name in value:
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ValueError(f"class name {name!r} must be letters, digits, '_' or '-' (it becomes part of metric names)")
+                raise ValueError(
+                    f"class name {name!r} must be letters, digits, '_' or '-' (it becomes part of metric names)"
+                )
         repeated = sorted({name for name in value if value.count(name) > 1})
         if repeated:
             raise ValueError(f"class names must be distinct; repeated: {', '.join(repeated)}")
@@ -166,9 +168,7 @@ class Config(_Section):
     def flat(self) -> dict[str, Any]:
         """Every parameter as ``section.key: value``, the form MLflow logs and DVC shows."""
         return {
-            f"{section}.{key}": value
-            for section, values in self.model_dump().items()
-            for key, value in values.items()
+            f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()
         }
 
 

@@ -10,7 +10,7 @@ PRETRAINED_DIR = Path("models/pretrained")
 BEST_CHECKPOINT = Path("models/best.pt")
 LAST_CHECKPOINT = Path("models/last.pt")
 RUN_INFO = Path("models/run.json")
-INFERENCE_SETTINGS = Path("models/inference.json")  # pipeline.inference.SETTINGS_FILE beside the checkpoint
+INFERENCE_SETTINGS = Path("models/inference.json")  # pipeline.serve.settings.SETTINGS_FILE beside the checkpoint
 MODEL_CARD = Path("models/model_card.md")
 REGISTRY_DECISION = Path("models/registry.json")
 TRAIN_METRICS = Path("metrics/train.json")
@@ -21,3 +21,6 @@ TEST_PER_IMAGE = Path("metrics/test_per_image.csv")
 GALLERY = Path("metrics/gallery.png")
 CONFUSION_TABLE = Path("metrics/confusion.csv")
 CONFUSION_IMAGE = Path("metrics/confusion.png")
+# Inside PRETRAINED_DIR: the encoder's state dict and which encoder and weights it holds.
+PRETRAINED_WEIGHTS_FILE = "encoder.pt"
+PRETRAINED_INFO_FILE = "info.json"

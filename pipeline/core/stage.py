@@ -1,4 +1,4 @@
-"""Shared behaviour of the stage entry points: clean errors, and SIGTERM treated like Ctrl-C."""
+"""What every stage entry point shares: clean errors, and SIGTERM treated like Ctrl-C."""
 
 from __future__ import annotations
 

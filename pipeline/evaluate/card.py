@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .classes import PERSON, ClassSpec
+from ..core.classes import PERSON, ClassSpec
+from ..core.splits import SplitInfo
 
 METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "precision", "recall")
 
@@ -19,7 +20,9 @@ photo editing. Not for identifying people, not for safety-critical decisions, an
 validated on video, crowds or medical or surveillance imagery.""",
         "dataset": "Human-Segmentation dataset",
         "decision_title": "Decision threshold",
-        "decision": f"Foreground when the predicted probability is at least **{metrics['threshold']:g}** ({threshold_source}).",
+        "decision": (
+            f"Foreground when the predicted probability is at least **{metrics['threshold']:g}** ({threshold_source})."
+        ),
         "metrics_at": "At the threshold above",
         "per_class": "",
         "subject": "person",
@@ -30,7 +33,9 @@ validated on video, crowds or medical or surveillance imagery.""",
 
 
 def _multiclass_sections(classes: ClassSpec, metrics: dict[str, float]) -> dict[str, str]:
-    rows = "\n".join(f"| {name} | {metrics[f'test_dice_{name}']:.4f} | {metrics[f'test_iou_{name}']:.4f} |" for name in classes.names)
+    rows = "\n".join(
+        f"| {name} | {metrics[f'test_dice_{name}']:.4f} | {metrics[f'test_iou_{name}']:.4f} |" for name in classes.names
+    )
     return {
         "summary": f"Segmentation into {classes.count} classes ({', '.join(classes.names)})",
         "output": "its class",
@@ -53,48 +58,61 @@ Per class (mean per image); the headline rows above average the foreground class
 
 
 def render_card(
-    *, registered_model: str, run_id: str, params: dict[str, Any], split_info: dict[str, Any],
-    metrics: dict[str, float], threshold_source: str, worst: list[dict[str, Any]], classes: ClassSpec = PERSON,
+    *,
+    registered_model: str,
+    run_id: str,
+    params: dict[str, Any],
+    split_info: SplitInfo,
+    metrics: dict[str, float],
+    threshold_source: str,
+    worst: list[dict[str, Any]],
+    classes: ClassSpec = PERSON,
 ) -> str:
     """Markdown for ``models/model_card.md``, the run and the registered version's description."""
-    counts = split_info["counts"]
-    text = _binary_sections(params, metrics, threshold_source) if classes.binary else _multiclass_sections(classes, metrics)
+    counts = split_info.counts
+    text = (
+        _binary_sections(params, metrics, threshold_source)
+        if classes.binary
+        else _multiclass_sections(classes, metrics)
+    )
     rows = "\n".join(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
     )
     worst_lines = "\n".join(
-        f"- `{row['id']}`: Dice {row['dice']:.3f}, {text['subject']} covers {row['foreground_fraction']:.0%} of the image" for row in worst
+        f"- `{row['id']}`: Dice {row['dice']:.3f}, "
+        f"{text['subject']} covers {row['foreground_fraction']:.0%} of the image"
+        for row in worst
     )
     weights = params["model.encoder_weights"] or "random"
     param_lines = "\n".join(f"| `{key}` | `{value}` |" for key, value in params.items())
     return f"""# Model card: {registered_model}
 
-{text['summary']}: a {params['model.arch']} ({params['model.encoder']} encoder,
-{weights} initial weights) that outputs, per pixel, {text['output']}. MLflow run `{run_id}`.
+{text["summary"]}: a {params["model.arch"]} ({params["model.encoder"]} encoder,
+{weights} initial weights) that outputs, per pixel, {text["output"]}. MLflow run `{run_id}`.
 
 ## Intended use
-{text['intended_use']}
+{text["intended_use"]}
 
 ## Data
-{text['dataset']}, content hash (SHA-256 of every image and mask)
-`{split_info['data_hash']}`. Seeded split: {counts['train']} train, {counts['val']} validation,
-{counts['test']} test images, resized to {split_info['image_size']} x {split_info['image_size']} px.
+{text["dataset"]}, content hash (SHA-256 of every image and mask)
+`{split_info.data_hash}`. Seeded split: {counts["train"]} train, {counts["val"]} validation,
+{counts["test"]} test images, resized to {split_info.image_size} x {split_info.image_size} px.
 The test images were not seen by training, model selection or threshold choice.
 
-## {text['decision_title']}
-{text['decision']}
-Flip test-time augmentation: {"on" if params['evaluate.tta'] else "off"}. `predict` and the
+## {text["decision_title"]}
+{text["decision"]}
+Flip test-time augmentation: {"on" if params["evaluate.tta"] else "off"}. `predict` and the
 served model apply both.
 
 ## Test metrics
-{text['metrics_at']}, on the {counts['test']} test images (definitions: docs/metrics.md).
+{text["metrics_at"]}, on the {counts["test"]} test images (definitions: docs/metrics.md).
 
 | metric | mean per image | pooled over pixels |
 |---|---|---|
-{rows}{text['per_class']}
+{rows}{text["per_class"]}
 
 ## Known limits
-- {text['limits']} Dice is measured at {split_info['image_size']} px; masks returned at a photo's
+- {text["limits"]} Dice is measured at {split_info.image_size} px; masks returned at a photo's
   full size are upscaled, so thin structures (fingers, hair) are coarse.
 - Worst test images (see the gallery artifact `evaluation/gallery.png`):
 {worst_lines}

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import torch
 
-from .classes import ClassSpec
+from ..core.classes import ClassSpec
 
 CONFUSION_FIELDS = ("actual", "predicted", "pixels", "share_of_actual")
 CELL = 72
@@ -31,7 +31,12 @@ def _shares(matrix: torch.Tensor) -> np.ndarray:
 def confusion_rows(matrix: torch.Tensor, classes: ClassSpec) -> list[dict[str, object]]:
     shares = _shares(matrix)
     return [
-        {"actual": actual, "predicted": predicted, "pixels": int(matrix[row, column]), "share_of_actual": float(shares[row, column])}
+        {
+            "actual": actual,
+            "predicted": predicted,
+            "pixels": int(matrix[row, column]),
+            "share_of_actual": float(shares[row, column]),
+        }
         for row, actual in enumerate(classes.names)
         for column, predicted in enumerate(classes.names)
     ]

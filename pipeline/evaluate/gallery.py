@@ -5,17 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .classes import PERSON, ClassSpec
+from ..core.classes import PERSON, ClassSpec
+from ..serve.palette import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, TRUTH, overlay_colours
 
 CASES_EACH = 4  # worst and best
 PANEL = 256  # display side of each panel; tiny training sizes are scaled up to stay legible
 CAPTION = 26
 GAP = 6
-# Okabe-Ito colours, told apart also by colour-blind readers.
-TRUE_POSITIVE = (0, 158, 115)  # bluish green
-FALSE_POSITIVE = (230, 159, 0)  # orange: predicted, not in the truth
-FALSE_NEGATIVE = (86, 180, 233)  # sky blue: in the truth, missed
-TRUTH = (240, 228, 66)  # yellow
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 
@@ -39,7 +35,7 @@ def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) ->
 
 def _truth_colours(classes: ClassSpec) -> tuple[tuple[int, int, int], ...]:
     """One colour per foreground class; binary keeps the single truth colour."""
-    return (TRUTH,) if classes.binary else classes.overlay_colours()
+    return (TRUTH,) if classes.binary else overlay_colours(classes)
 
 
 def _panels(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, classes: ClassSpec) -> list[np.ndarray]:
@@ -63,9 +59,15 @@ def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int,
 def _legend(width: int, classes: ClassSpec) -> np.ndarray:
     strip = np.full((CAPTION + GAP, width, 3), BACKGROUND, np.uint8)
     x = GAP
-    truth = ((TRUTH, "truth"),) if classes.binary else tuple(zip(classes.overlay_colours(), classes.foreground))
-    for colour, label in (*truth, (TRUE_POSITIVE, "correct"), (FALSE_POSITIVE, "false positive"),
-                          (FALSE_NEGATIVE, "false negative")):
+    truth = (
+        ((TRUTH, "truth"),) if classes.binary else tuple(zip(overlay_colours(classes), classes.foreground, strict=True))
+    )
+    for colour, label in (
+        *truth,
+        (TRUE_POSITIVE, "correct"),
+        (FALSE_POSITIVE, "false positive"),
+        (FALSE_NEGATIVE, "false negative"),
+    ):
         cv2.rectangle(strip, (x, 8), (x + 14, 22), colour, -1)
         _text(strip, label, x + 20, 20)
         x += 30 + 9 * len(label)
@@ -73,7 +75,11 @@ def _legend(width: int, classes: ClassSpec) -> np.ndarray:
 
 
 def render_gallery(
-    images: np.ndarray, truths: np.ndarray, predictions: np.ndarray, ids: list[str], dice: list[float],
+    images: np.ndarray,
+    truths: np.ndarray,
+    predictions: np.ndarray,
+    ids: list[str],
+    dice: list[float],
     classes: ClassSpec = PERSON,
 ) -> np.ndarray:
     """An RGB image: a legend, then one row per picked case of photo | truth | prediction.
@@ -83,7 +89,9 @@ def render_gallery(
     for label, index in pick_cases(dice):
         row = np.full((CAPTION + PANEL + GAP, width, 3), BACKGROUND, np.uint8)
         _text(row, f"{label}: {ids[index]}   Dice {dice[index]:.3f}   (photo | truth | prediction)", GAP, 18)
-        for column, panel in enumerate(_panels(images[index], truths[index].astype(int), predictions[index].astype(int), classes)):
+        for column, panel in enumerate(
+            _panels(images[index], truths[index].astype(int), predictions[index].astype(int), classes)
+        ):
             left = GAP + column * (PANEL + GAP)
             row[CAPTION : CAPTION + PANEL, left : left + PANEL] = panel
         rows.append(row)

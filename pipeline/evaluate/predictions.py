@@ -11,12 +11,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .classes import PERSON, ClassSpec
-from .data import SegmentationDataset, eval_transform, load_split, read_split_info, split_classes
-from .engine import resolve_device
-from .inference import class_map, class_probabilities, predict_logits
-from .metrics import SegmentationMetrics, build_loss
-from .model import load_model
+from ..core.classes import PERSON, ClassSpec
+from ..core.device import resolve_device
+from ..core.splits import SplitInfo, load_split
+from ..model.checkpoint import load_model
+from ..model.inputs import SegmentationDataset, eval_transform
+from ..model.losses import build_loss
+from ..model.metrics import SegmentationMetrics
+from ..model.outputs import class_map, class_probabilities, predict_logits
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
@@ -51,7 +53,9 @@ class SplitPredictions:
         foreground = (self.masks > 0).float().mean(dim=(1, 2, 3))
         return [
             {"id": id_, "dice": float(dice), "iou": float(iou), "foreground_fraction": float(fraction)}
-            for id_, dice, iou, fraction in zip(self.ids, metrics.per_image("dice"), metrics.per_image("iou"), foreground)
+            for id_, dice, iou, fraction in zip(
+                self.ids, metrics.per_image("dice"), metrics.per_image("iou"), foreground, strict=True
+            )
         ]
 
     def predicted_masks(self, threshold: float | None) -> np.ndarray:
@@ -63,7 +67,8 @@ class SplitPredictions:
 def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool) -> SplitPredictions:
     images, masks = load_split(split_dir, split)
     loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
-    classes = split_classes(read_split_info(split_dir))
+    info = SplitInfo.read(split_dir)
+    classes = info.classes
     loss_fn = build_loss(classes)
     model.eval()
     logits, truths, total = [], [], 0.0
@@ -72,8 +77,9 @@ def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.d
         total += loss_fn(output, truth).item() * len(batch)
         logits.append(output)
         truths.append(truth)
-    ids = read_split_info(split_dir)["ids"][split]
-    return SplitPredictions(split, ids, np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images), classes)
+    return SplitPredictions(
+        split, info.ids[split], np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images), classes
+    )
 
 
 def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
@@ -82,7 +88,9 @@ def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
     return model.to(device), device
 
 
-def evaluate_checkpoint(checkpoint: Path, split_dir: Path, split: str, threshold: float | None, tta: bool = False) -> dict[str, float]:
+def evaluate_checkpoint(
+    checkpoint: Path, split_dir: Path, split: str, threshold: float | None, tta: bool = False
+) -> dict[str, float]:
     """Loss and metrics of ``checkpoint`` on ``split`` at ``threshold``, prefixed with the split's name."""
     model, device = load_for_evaluation(checkpoint)
     return predict_split(model, split_dir, split, device, tta).scores(threshold)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .metrics import SegmentationMetrics
+from ..model.metrics import SegmentationMetrics
 
 # 0.05, 0.10, ..., 0.95: finer steps move Dice by less than its spread across images.
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))
 SWEEP_FIELDS = ("threshold", "dice", "iou")
 
 
-def sweep(logits: torch.Tensor, masks: torch.Tensor, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS) -> list[dict[str, float]]:
+def sweep(
+    logits: torch.Tensor, masks: torch.Tensor, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
+) -> list[dict[str, float]]:
     """Mean per-image Dice and IoU at each threshold (the reduction of the headline test metrics)."""
     rows = []
     for threshold in thresholds:

@@ -21,7 +21,9 @@ def is_archive(path: str | Path) -> bool:
 def _check_name(archive: Path, name: str) -> None:
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
-        raise UnsafeArchiveError(f"{archive}: entry {name!r} would be written outside the target folder; refusing to extract")
+        raise UnsafeArchiveError(
+            f"{archive}: entry {name!r} would be written outside the target folder; refusing to extract"
+        )
 
 
 def extract(archive: str | Path, target: str | Path) -> None:
@@ -33,12 +35,16 @@ def extract(archive: str | Path, target: str | Path) -> None:
                 _check_name(archive, info.filename)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise UnsafeArchiveError(f"{archive}: entry {info.filename!r} is a symbolic link; refusing to extract")
+                    raise UnsafeArchiveError(
+                        f"{archive}: entry {info.filename!r} is a symbolic link; refusing to extract"
+                    )
             bundle.extractall(target)
         return
     with tarfile.open(archive) as bundle:
         for member in bundle.getmembers():
             _check_name(archive, member.name)
             if not (member.isfile() or member.isdir()):
-                raise UnsafeArchiveError(f"{archive}: entry {member.name!r} is a link or special file; refusing to extract")
+                raise UnsafeArchiveError(
+                    f"{archive}: entry {member.name!r} is a link or special file; refusing to extract"
+                )
         bundle.extractall(target, filter="data")

@@ -1,4 +1,5 @@
-"""Fetch a dataset from a URL, archive or folder (or generate the synthetic one) into ``data/raw/`` and verify its content."""
+"""Fetch a dataset from a URL, archive or folder (or generate the synthetic one) into ``data/raw/``,
+and verify its content."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..core.errors import FetchError
+from ..core.files import atomic_dir, read_json, sha256_file
 from . import archive, synthetic
-from .errors import FetchError
 from .download import DownloadError, download
-from .io import atomic_dir, read_json, sha256_file
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
 
 OFFLINE_HINT = (
     "To use a local copy instead, point data.source at a .zip, .tar.gz or folder, e.g.\n"
-    "  dvc exp run -S data.source=../shared/datasets/human-segmentation-dataset-master.zip\n"
+    "  dvc exp run -S data.source=~/data/human-seg.zip\n"
     "or edit data.source in params.yaml. With no data at hand, the generated dataset needs no network:\n"
     "  dvc exp run -S data.source=synthetic -S data.manifest=null -S model.encoder_weights=null\n"
     "(or `make demo`, which runs the whole pipeline on it in a separate copy of the project)."
@@ -38,11 +39,7 @@ def build_manifest(root: str | Path) -> dict[str, str]:
     (GitHub regenerates its archives) still verifies.
     """
     root = Path(root)
-    return {
-        path.relative_to(root).as_posix(): sha256_file(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+    return {path.relative_to(root).as_posix(): sha256_file(path) for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def verify_manifest(root: Path, manifest_path: Path) -> None:
@@ -51,7 +48,9 @@ def verify_manifest(root: Path, manifest_path: Path) -> None:
     except FileNotFoundError:
         raise FetchError(f"data.manifest: {manifest_path} does not exist") from None
     except (ValueError, KeyError, TypeError):
-        raise FetchError(f"data.manifest: {manifest_path} is not a manifest (expected JSON with a 'files' mapping)") from None
+        raise FetchError(
+            f"data.manifest: {manifest_path} is not a manifest (expected JSON with a 'files' mapping)"
+        ) from None
     actual = build_manifest(root)
     missing = sorted(expected.keys() - actual.keys())
     unexpected = sorted(actual.keys() - expected.keys())
@@ -63,7 +62,8 @@ def verify_manifest(root: Path, manifest_path: Path) -> None:
     ]
     if problems:
         raise FetchError(
-            f"fetched data does not match the manifest {manifest_path}:\n  " + "\n  ".join(problems)
+            f"fetched data does not match the manifest {manifest_path}:\n  "
+            + "\n  ".join(problems)
             + "\nIf this is a different dataset on purpose, set data.manifest: null "
             "(or write a manifest with `python -m pipeline manifest DIR --out FILE`)."
         )
@@ -125,7 +125,9 @@ def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
         elif archive.is_archive(path):
             _extract(path, workdir)
         else:
-            raise FetchError(f"data.source: {source} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive")
+            raise FetchError(
+                f"data.source: {source} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive"
+            )
     _remove_junk(workdir)
     entries = list(workdir.iterdir())
     # Archives usually wrap the dataset in one top folder (GitHub: <repo>-<branch>/).

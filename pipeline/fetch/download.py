@@ -34,7 +34,12 @@ def download(url: str, dest: Path, *, retries: int = 4, timeout: float = 30.0, b
     for attempt in range(1, retries + 1):
         try:
             _transfer(url, part, timeout)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Retryable) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            _Retryable,
+        ) as exc:
             last_error = exc
             if attempt < retries:
                 time.sleep(backoff * 2 ** (attempt - 1))
@@ -61,9 +66,12 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with part.open("ab" if resumed else "wb") as handle, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {part.stem}"
-        ) as bar:
+        with (
+            part.open("ab" if resumed else "wb") as handle,
+            tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=f"download {part.stem}"
+            ) as bar,
+        ):
             for chunk in response.iter_content(CHUNK_BYTES):
                 handle.write(chunk)
                 bar.update(len(chunk))

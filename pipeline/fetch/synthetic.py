@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import FetchError
+from ..core.errors import FetchError
 
 PREFIX = "synthetic"
 DEFAULT_COUNT = 64
@@ -32,7 +32,9 @@ def synthetic_count(source: str) -> int | None:
         return None
     count = str(DEFAULT_COUNT) if source == PREFIX else source.removeprefix(f"{PREFIX}:")
     if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
-        raise FetchError(f"data.source: {source!r}: write synthetic or synthetic:N with N a whole number from 1 to {MAX_COUNT}")
+        raise FetchError(
+            f"data.source: {source!r}: write synthetic or synthetic:N with N a whole number from 1 to {MAX_COUNT}"
+        )
     return int(count)
 
 
@@ -53,7 +55,13 @@ def _draw_shape(rng: np.random.Generator, mask: np.ndarray, kind: int | None, la
         axes = (radius, int(rng.integers(3, radius + 1)))
         cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, label, thickness=-1)
     elif kind == 1:
-        cv2.rectangle(mask, (centre[0] - radius, centre[1] - radius // 2), (centre[0] + radius, centre[1] + radius // 2), label, -1)
+        cv2.rectangle(
+            mask,
+            (centre[0] - radius, centre[1] - radius // 2),
+            (centre[0] + radius, centre[1] + radius // 2),
+            label,
+            -1,
+        )
     elif kind == 4:
         cv2.circle(mask, centre, radius, label, thickness=max(2, radius // 3))  # a ring
     else:

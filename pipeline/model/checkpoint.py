@@ -1,68 +1,20 @@
-"""Build the smp model, fetch/load pretrained encoder weights, save/load checkpoints.
-
-Training never touches the network: the fetch stage downloads encoder weights once into
-``models/pretrained/``, and the model is always constructed with ``encoder_weights=None``
-before those weights (or a checkpoint) are loaded from disk.
-"""
+"""Checkpoints: the trained weights with what is needed to rebuild and use the network."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from .classes import PERSON, ClassSpec
-from .config import ModelConfig
-from .errors import ModelError
-from .io import atomic_dir, atomic_path, read_json, write_json
+from ..core.classes import PERSON, ClassSpec
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
+from ..core.files import atomic_path
+from .network import build_model
 
 CHECKPOINT_FORMAT = "unet-pipeline/checkpoint-v1"
-
-
-def build_model(cfg: ModelConfig, classes: ClassSpec) -> nn.Module:
-    """A segmentation network with randomly initialised weights: one logit channel for binary, one per class otherwise."""
-    return smp.create_model(cfg.arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=classes.channels)
-
-
-def fetch_pretrained_encoder(cfg: ModelConfig, out_dir: Path) -> None:
-    """Download ``cfg.encoder_weights`` for ``cfg.encoder`` into ``out_dir`` (a DVC output)."""
-    with atomic_dir(out_dir) as staging:
-        if cfg.encoder_weights is not None:
-            # smp's own encoders take a weights name; timm ("tu-") encoders only a flag, the
-            # variant being part of the encoder name.
-            weights: str | bool = True if cfg.encoder.startswith("tu-") else cfg.encoder_weights
-            try:
-                encoder = smp.encoders.get_encoder(cfg.encoder, in_channels=3, weights=weights)
-            except Exception as exc:  # hub, network and "no such weights" errors all land here
-                raise ModelError(
-                    f"could not get pretrained weights model.encoder_weights={cfg.encoder_weights!r} for "
-                    f"model.encoder={cfg.encoder!r}: {type(exc).__name__}: {exc}\n"
-                    "They come from the Hugging Face hub. Offline, set model.encoder_weights: null "
-                    "(random initialisation), e.g. `dvc exp run -S model.encoder_weights=null`."
-                ) from None
-            torch.save(encoder.state_dict(), staging / "encoder.pt")
-        write_json(staging / "info.json", {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights})
-
-
-def load_pretrained_encoder(model: nn.Module, cfg: ModelConfig, pretrained_dir: Path) -> None:
-    if cfg.encoder_weights is None:
-        return
-    try:
-        info = read_json(pretrained_dir / "info.json")
-    except FileNotFoundError:
-        raise ModelError(f"{pretrained_dir}/info.json is missing: run the fetch stage (dvc repro)") from None
-    wanted = {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights}
-    if info != wanted:
-        raise ModelError(f"{pretrained_dir} holds {info}, but params ask for {wanted}: rerun the fetch stage (dvc repro)")
-    path = pretrained_dir / "encoder.pt"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.encoder.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot load pretrained encoder weights: {exc}") from None
 
 
 def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: ClassSpec, **metadata: Any) -> None:

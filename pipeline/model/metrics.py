@@ -1,19 +1,18 @@
-"""Losses and segmentation metrics, from smp's implementations.
+"""Segmentation metrics, from smp's implementations.
 
-Binary models (two classes) have one logit channel: Dice + binary cross-entropy, and a pixel
-is foreground when its probability reaches the threshold. Multi-class models have a channel
-per class: Dice (multiclass) + cross-entropy, and a pixel takes the class with the highest
-logit. Either way the metrics compare class maps, so both reduce the same way.
+Binary models (two classes) have one logit channel, and a pixel is foreground when its
+probability reaches the threshold. Multi-class models have a channel per class, and a pixel
+takes the class with the highest logit. Either way the metrics compare class maps, so both
+reduce the same way.
 """
 
 from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
-from torch import nn
 
-from .classes import PERSON, ClassSpec
-from .inference import class_map, class_probabilities
+from ..core.classes import PERSON, ClassSpec
+from .outputs import class_map, class_probabilities
 
 METRIC_FUNCTIONS = {
     "dice": smp.metrics.f1_score,
@@ -24,35 +23,6 @@ METRIC_FUNCTIONS = {
 }
 # Reported for every class of a multi-class model, as <metric>_<class>.
 PER_CLASS_METRICS = ("dice", "iou")
-
-
-class DiceBCELoss(nn.Module):
-    """Soft Dice loss plus binary cross-entropy, both on logits, as in the reference notebook."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dice = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
-        self.bce = smp.losses.SoftBCEWithLogitsLoss()
-
-    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return self.dice(logits, masks) + self.bce(logits, masks)
-
-
-class DiceCELoss(nn.Module):
-    """Soft Dice over every class plus cross-entropy, on logits: the multi-class counterpart of DiceBCELoss."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dice = smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True)
-        self.cross_entropy = nn.CrossEntropyLoss()
-
-    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        classes = masks[:, 0].long()  # masks arrive as N x 1 x H x W class ids
-        return self.dice(logits, classes) + self.cross_entropy(logits, classes)
-
-
-def build_loss(classes: ClassSpec) -> nn.Module:
-    return DiceBCELoss() if classes.binary else DiceCELoss()
 
 
 class SegmentationMetrics:
@@ -77,12 +47,14 @@ class SegmentationMetrics:
         stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
         self._counts.append(tuple(stats))
         count = self.classes.count
-        self.confusion += torch.bincount((truth * count + predicted).flatten(), minlength=count**2).reshape(count, count)
+        self.confusion += torch.bincount((truth * count + predicted).flatten(), minlength=count**2).reshape(
+            count, count
+        )
 
     def _stats(self) -> tuple[torch.Tensor, ...]:
         if not self._counts:
             raise ValueError("no batches were scored")
-        return tuple(torch.cat(column) for column in zip(*self._counts))  # each N x classes
+        return tuple(torch.cat(column) for column in zip(*self._counts, strict=True))  # each N x classes
 
     def per_image(self, name: str = "dice") -> torch.Tensor:
         """Each image's score: the mean over its foreground classes."""
@@ -102,5 +74,10 @@ class SegmentationMetrics:
             results[f"{name}_pooled"] = float(pooled[1:].mean())
             if not self.classes.binary and name in PER_CLASS_METRICS:
                 per_class = self._per_image_and_class(name).mean(dim=0)
-                results.update({f"{name}_{class_name}": float(value) for class_name, value in zip(self.classes.names, per_class)})
+                results.update(
+                    {
+                        f"{name}_{class_name}": float(value)
+                        for class_name, value in zip(self.classes.names, per_class, strict=True)
+                    }
+                )
         return results

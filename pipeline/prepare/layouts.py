@@ -18,16 +18,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .data import IMAGE_SUFFIXES
-from .errors import DataError
+from ..core.errors import DataError
+from ..core.images import IMAGE_SUFFIXES
 from .report import BadSample
 
 IMAGE_DIR_NAMES = ("images", "image", "imgs", "img", "training_images", "train_images", "jpegimages", "photos")
-MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "ground_truth", "groundtruth", "gt", "annotations", "segmentations")
+MASK_DIR_NAMES = (
+    "masks",
+    "mask",
+    "labels",
+    "label",
+    "ground_truth",
+    "groundtruth",
+    "gt",
+    "annotations",
+    "segmentations",
+)
 MASK_STEM_SUFFIXES = ("_mask", "-mask", "_masks", "_label", "-label", "_gt", "_seg", "_segmentation")
 # CSV headers are compared with case, spaces, dashes and underscores removed.
 IMAGE_COLUMNS = frozenset({"image", "images", "img", "imgs", "imagepath", "imagefile", "imgpath", "photo"})
-MASK_COLUMNS = frozenset({"mask", "masks", "maskpath", "maskfile", "label", "labels", "gt", "groundtruth", "annotation"})
+MASK_COLUMNS = frozenset(
+    {"mask", "masks", "maskpath", "maskfile", "label", "labels", "gt", "groundtruth", "annotation"}
+)
 # Folders are looked for this deep below the root: datasets often wrap them in one more folder.
 SEARCH_DEPTH = 2
 
@@ -114,7 +126,9 @@ def _unique(groups: dict[str, list[Path]], role: str, inventory: Inventory) -> d
         if len(paths) == 1:
             unique[key] = paths[0]
         else:
-            inventory.bad.append(BadSample("duplicate_stem", tuple(paths), f"{len(paths)} {role} files share the name {key!r}"))
+            inventory.bad.append(
+                BadSample("duplicate_stem", tuple(paths), f"{len(paths)} {role} files share the name {key!r}")
+            )
     return unique
 
 
@@ -228,7 +242,11 @@ def from_csv(root: Path, csv_path: Path) -> Inventory:
             continue
         entries = [row[index] if index < len(row) else "" for index in columns]
         resolved = [_resolve_listed(entry, root, files) for entry in entries]
-        problems = [f"{role} {entry!r} {found}" for role, entry, found in zip(("image", "mask"), entries, resolved) if isinstance(found, str)]
+        problems = [
+            f"{role} {entry!r} {found}"
+            for role, entry, found in zip(("image", "mask"), entries, resolved, strict=True)
+            if isinstance(found, str)
+        ]
         if problems:
             inventory.bad.append(BadSample("missing_file", (csv_path,), f"line {line}: {'; '.join(problems)}"))
             continue
@@ -239,7 +257,9 @@ def from_csv(root: Path, csv_path: Path) -> Inventory:
             inventory.pairs.append(Pair(stem, *pairs[0]))
         else:
             files = tuple(sorted({path for pair in pairs for path in pair}))
-            inventory.bad.append(BadSample("duplicate_stem", files, f"{csv_path.name} lists {len(pairs)} pairs named {stem!r}"))
+            inventory.bad.append(
+                BadSample("duplicate_stem", files, f"{csv_path.name} lists {len(pairs)} pairs named {stem!r}")
+            )
     return inventory
 
 
@@ -265,7 +285,9 @@ def find_inventory(root: str | Path, layout: str) -> Inventory:
     csvs = pair_csvs(root) if kind in ("auto", "csv") else []
     if len(csvs) > 1:
         listed = ", ".join(_relative(path, root) for path in csvs)
-        raise DataError(f"{root}: several CSV files list image/mask pairs ({listed}); choose one with data.layout: csv:<file>")
+        raise DataError(
+            f"{root}: several CSV files list image/mask pairs ({listed}); choose one with data.layout: csv:<file>"
+        )
     if csvs:
         return from_csv(root, csvs[0])
     if kind == "csv":

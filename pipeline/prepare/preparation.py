@@ -19,15 +19,23 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .classes import ClassSpec
-from .config import DataConfig, SplitConfig
-from .data import PreparedData, write_split
-from .errors import DataError
-from .io import write_json
+from ..core.classes import ClassSpec
+from ..core.config import DataConfig, SplitConfig
+from ..core.errors import DataError
+from ..core.files import write_json
+from ..core.splits import SPLITS, SplitInfo, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
 from .samples import read_pair
 from .splitting import split_pairs
+
+
+@dataclass
+class PreparedData:
+    ids: list[str]
+    images: np.ndarray  # (N, S, S, 3) uint8 RGB
+    masks: np.ndarray  # (N, S, S) uint8 class ids (0/1 for binary)
+    content_hash: str
 
 
 @dataclass
@@ -40,7 +48,9 @@ class Preparation:
 
 def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Preparation:
     """Read, repair and resize every pair; hash the kept files' bytes for provenance."""
-    resize = A.Compose([A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)])
+    resize = A.Compose(
+        [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
+    )
     images, masks, records, bad = [], [], [], []
     by_content: dict[str, list[str]] = defaultdict(list)
     content = hashlib.sha256()
@@ -79,11 +89,14 @@ def check_policy(bad: Sequence[BadSample], policy: str) -> None:
         listed = "\n  ".join(sample.describe() for sample in bad)
         raise DataError(
             f"{len(bad)} bad sample(s):\n  {listed}\n"
-            "Fix or remove them, or set data.on_bad_sample: skip to leave them out (they are then listed in data/report.json)."
+            "Fix or remove them, or set data.on_bad_sample: skip to leave them out "
+            "(they are then listed in data/report.json)."
         )
 
 
-def build_split(raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: DataConfig, split_cfg: SplitConfig) -> dict[str, Any]:
+def build_split(
+    raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: DataConfig, split_cfg: SplitConfig
+) -> dict[str, Any]:
     """Everything the split stage does; returns the report it wrote."""
     inventory = find_inventory(raw_dir, data_cfg.layout)
     classes = data_cfg.class_spec()
@@ -100,11 +113,25 @@ def build_split(raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: Dat
         seed=split_cfg.seed,
         data_hash=prepared.data.content_hash,
     )
-    write_split(split_dir, prepared.data, assignment, classes)
+    info = SplitInfo(
+        data_hash=prepared.data.content_hash,
+        image_size=data_cfg.image_size,
+        classes=classes,
+        counts={name: len(assignment[name]) for name in SPLITS},
+        ids=assignment,
+    )
+    write_split(split_dir, prepared.data.ids, prepared.data.images, prepared.data.masks, info)
     report = build_report(
-        root=raw_dir, layout=inventory.layout, policy=data_cfg.on_bad_sample, found=inventory.found,
-        records=prepared.records, bad=bad, ignored=inventory.ignored, duplicates=prepared.duplicates,
-        assignment=assignment, data_hash=prepared.data.content_hash,
+        root=raw_dir,
+        layout=inventory.layout,
+        policy=data_cfg.on_bad_sample,
+        found=inventory.found,
+        records=prepared.records,
+        bad=bad,
+        ignored=inventory.ignored,
+        duplicates=prepared.duplicates,
+        assignment=assignment,
+        data_hash=prepared.data.content_hash,
     )
     write_json(report_path, report)
     return report

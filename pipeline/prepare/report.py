@@ -1,8 +1,7 @@
 """The data report: what split found, repaired, skipped and how it divided the pairs.
 
-This module holds the report's records and turns them into ``data/report.json`` and a
-short human summary. It stays clear of the data-reading modules, so the training stage
-can log the report's headline numbers without depending on them.
+This module holds the report's records and turns them into ``data/report.json`` (with the
+headline numbers the training stage logs to its run) and a short human summary.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import SPLITS
+from ..core.splits import SPLITS
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def build_report(
     """The content of ``data/report.json``: every list sorted, so unchanged data gives identical bytes."""
     split_of = {id_: name for name, ids in assignment.items() for id_ in ids}
     repaired = [record for record in records if record.repairs]
-    return {
+    report = {
         "root": root.as_posix(),
         "layout": dict(layout),
         "on_bad_sample": policy,
@@ -124,11 +123,18 @@ def build_report(
             for record in sorted(repaired, key=lambda record: record.id)
         ],
         "skipped": [
-            {"files": [_relative(path, root) for path in sample.files], "reason": sample.reason, "detail": sample.detail}
+            {
+                "files": [_relative(path, root) for path in sample.files],
+                "reason": sample.reason,
+                "detail": sample.detail,
+            }
             for sample in sorted(bad, key=lambda sample: (sample.files, sample.reason))
         ],
         "ignored_files": sorted(_relative(path, root) for path in ignored),
     }
+    # Training logs these with its run; reading them from the file keeps this module out of its dependencies.
+    report["headline"] = _headline(report)
+    return report
 
 
 def _counts(counter: Mapping[str, int]) -> str:
@@ -141,7 +147,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
     layout = ", ".join(value for key, value in report["layout"].items() if key != "kind")
     lines = [
         f"layout: {report['layout']['kind']} ({layout})",
-        f"pairs: {pairs['found']} found, {pairs['used']} used, {pairs['repaired']} repaired, {pairs['skipped']} skipped",
+        f"pairs: {pairs['found']} found, {pairs['used']} used, "
+        f"{pairs['repaired']} repaired, {pairs['skipped']} skipped",
     ]
     if report["repairs_by_kind"]:
         lines.append(f"  repaired: {_counts(report['repairs_by_kind'])}")
@@ -167,11 +174,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
     duplicates = report["duplicates"]
     if duplicates:
         shown = "; ".join(f"{' = '.join(group['ids'])} ({group['split']})" for group in duplicates[:5])
-        lines.append(f"exact duplicate images, each group kept in one split: {shown}" + (" ..." if len(duplicates) > 5 else ""))
+        lines.append(
+            f"exact duplicate images, each group kept in one split: {shown}" + (" ..." if len(duplicates) > 5 else "")
+        )
     return "\n".join(lines)
 
 
-def report_headline(report: Mapping[str, Any]) -> dict[str, float]:
+def _headline(report: Mapping[str, Any]) -> dict[str, float]:
     """The report's numbers worth comparing across runs, as flat MLflow metric names."""
     headline = {f"data_pairs_{key}": float(value) for key, value in report["pairs"].items()}
     headline["data_duplicate_groups"] = float(len(report["duplicates"]))

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .classes import ClassSpec, Colour
-from .data import decode_image
+from ..core.classes import ClassSpec, Colour
+from ..core.images import decode_image
 from .layouts import Pair
 from .report import BadSample, Repair
 
@@ -86,7 +86,9 @@ def _conversions(raw: np.ndarray) -> list[Repair]:
 def _same_picture(shape: tuple[int, int], other: tuple[int, int]) -> bool:
     """Same aspect ratio, up to the one pixel that rounding a rescaled side can cost."""
     (height, width), (other_height, other_width) = shape, other
-    return abs(other_height - height * other_width / width) <= 1 or abs(other_width - width * other_height / height) <= 1
+    return (
+        abs(other_height - height * other_width / width) <= 1 or abs(other_width - width * other_height / height) <= 1
+    )
 
 
 def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarray, list[Repair]]:
@@ -97,16 +99,23 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
     if orientation == 1:
         return upright, repairs
     stored = raw.shape[:2]
-    if stored != upright.shape[:2] and _same_picture(stored, mask_shape) and not _same_picture(upright.shape[:2], mask_shape):
+    if (
+        stored != upright.shape[:2]
+        and _same_picture(stored, mask_shape)
+        and not _same_picture(upright.shape[:2], mask_shape)
+    ):
         # The mask was drawn on the pixels as stored, not as viewers show them.
         image = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB
+            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
+            cv2.COLOR_BGR2RGB,
         )
         return image, repairs + [
             Repair("exif_ignored", f"EXIF orientation {orientation} ignored: the mask matches the stored pixels")
         ]
     return upright, repairs + [
-        Repair("exif_rotated", f"image turned upright per EXIF orientation {orientation}, as viewers and predict show it")
+        Repair(
+            "exif_rotated", f"image turned upright per EXIF orientation {orientation}, as viewers and predict show it"
+        )
     ]
 
 
@@ -116,7 +125,8 @@ def _single_channel(raw: np.ndarray, path) -> np.ndarray:
     colour = raw[..., :3] if raw.shape[2] >= 3 else raw[..., :1]
     if not (colour == colour[..., :1]).all():
         raise _Rejected(
-            "mask_colour", path,
+            "mask_colour",
+            path,
             "mask has colours (its channels differ); expected a single-channel mask (colour masks need data.palette)",
         )
     return colour[..., 0]
@@ -133,7 +143,9 @@ def _binary_mask(mask: np.ndarray, path) -> tuple[np.ndarray, list[Repair]]:
         raise _Rejected("mask_values", path, f"mask values {shown} are neither 0/{full} nor 0/1 (class labels?)")
     grey = float(np.mean((mask > full * GREY_BAND[0]) & (mask < full * GREY_BAND[1])))
     if grey > MAX_GREY_MASK_FRACTION:
-        raise _Rejected("mask_values", path, f"{grey:.0%} of the mask's pixels are grey (values {shown}): not a binary mask")
+        raise _Rejected(
+            "mask_values", path, f"{grey:.0%} of the mask's pixels are grey (values {shown}): not a binary mask"
+        )
     half = (full + 1) // 2
     return (mask >= half).astype(np.uint8), [
         Repair("mask_thresholded", f"mask had {len(values)} grey levels (anti-aliased edges): thresholded at {half}")
@@ -145,8 +157,10 @@ def _index_mask(mask: np.ndarray, path, classes: ClassSpec) -> np.ndarray:
     unknown = np.unique(mask[mask >= classes.count])
     if unknown.size:
         raise _Rejected(
-            "mask_values", path,
-            f"mask values {_listed(unknown.tolist())} are not class ids: data.classes lists {classes.count} classes (ids 0-{classes.count - 1})",
+            "mask_values",
+            path,
+            f"mask values {_listed(unknown.tolist())} are not class ids: "
+            f"data.classes lists {classes.count} classes (ids 0-{classes.count - 1})",
         )
     return mask.astype(np.uint8)
 
@@ -154,7 +168,9 @@ def _index_mask(mask: np.ndarray, path, classes: ClassSpec) -> np.ndarray:
 def _palette_mask(raw: np.ndarray, path, palette: tuple[Colour, ...]) -> np.ndarray:
     """Class ids from exact colour matches; a colour outside the palette (anti-aliasing, a stray label) is refused."""
     if raw.dtype != np.uint8:
-        raise _Rejected("mask_values", path, f"{raw.dtype} colour mask; palette masks must be 8-bit RGB like data.palette")
+        raise _Rejected(
+            "mask_values", path, f"{raw.dtype} colour mask; palette masks must be 8-bit RGB like data.palette"
+        )
     if raw.ndim == 2:
         rgb = cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
     elif raw.shape[2] in (3, 4):
@@ -181,7 +197,9 @@ def read_mask(data: bytes, path, classes: ClassSpec) -> tuple[np.ndarray, list[R
     raw = _check_decodable(data, path)
     if classes.palette is not None:
         return _palette_mask(raw, path, classes.palette), []
-    repairs = [Repair("mask_channels", "mask stored with several identical channels; one kept")] if raw.ndim == 3 else []
+    repairs = (
+        [Repair("mask_channels", "mask stored with several identical channels; one kept")] if raw.ndim == 3 else []
+    )
     mask = _single_channel(raw, path)
     if not classes.binary:
         return _index_mask(mask, path, classes), repairs
@@ -196,13 +214,18 @@ def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], path) -> tuple[np.n
         return mask, []
     if not _same_picture((height, width), mask.shape):
         raise _Rejected(
-            "size_mismatch", path,
+            "size_mismatch",
+            path,
             f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}; "
             "the aspect ratios differ, so the mask cannot be rescaled to fit",
         )
     # Nearest neighbour keeps every pixel a valid class id.
     resized = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return resized, [Repair("mask_resized", f"mask resized from {mask.shape[1]}x{mask.shape[0]} to {width}x{height} (nearest neighbour)")]
+    return resized, [
+        Repair(
+            "mask_resized", f"mask resized from {mask.shape[1]}x{mask.shape[0]} to {width}x{height} (nearest neighbour)"
+        )
+    ]
 
 
 def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes, classes: ClassSpec) -> Sample | BadSample:
@@ -214,4 +237,3 @@ def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes, classes: ClassS
     except _Rejected as rejected:
         return rejected.record
     return Sample(image, mask, image_repairs + mask_repairs + fit_repairs)
-

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..core.errors import DataError
 
 # More bins than this make a bin's share of a small test set round to nothing.
 MAX_BINS = 5
@@ -52,17 +52,20 @@ def split_pairs(
     n_test = max(1, round(count * test_fraction))
     n_val = max(1, round(count * val_fraction))
     if count - n_test - n_val < 1:
-        raise DataError(f"only {count} pairs (counting exact duplicates once): too few for a train/val/test split with these fractions")
+        raise DataError(
+            f"only {count} pairs (counting exact duplicates once): "
+            "too few for a train/val/test split with these fractions"
+        )
     share = {unit: sum(foreground[id_] for id_ in unit) / len(unit) for unit in units}
     ranked = sorted(units, key=lambda unit: (share[unit], unit))
     n_bins = max(1, min(MAX_BINS, n_test, n_val))
     bins = [ranked[index * count // n_bins : (index + 1) * count // n_bins] for index in range(n_bins)]
     sizes = [len(members) for members in bins]
     test_quota = _apportion(n_test, sizes)
-    val_quota = _apportion(n_val, [size - taken for size, taken in zip(sizes, test_quota)])
+    val_quota = _apportion(n_val, [size - taken for size, taken in zip(sizes, test_quota, strict=True)])
     rng = np.random.default_rng([seed, int(data_hash[:16], 16)])
     assignment: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for members, n_test_here, n_val_here in zip(bins, test_quota, val_quota):
+    for members, n_test_here, n_val_here in zip(bins, test_quota, val_quota, strict=True):
         shuffled = [members[index] for index in rng.permutation(len(members))]
         for position, unit in enumerate(shuffled):
             name = "test" if position < n_test_here else "val" if position < n_test_here + n_val_here else "train"

@@ -1,24 +1,21 @@
-"""Predict masks for arbitrary photos with a checkpoint or a registered MLflow model."""
+"""A trained model ready to turn photos into masks, from a checkpoint or a registered MLflow model."""
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, decode_image, eval_transform
-from .engine import resolve_device
-from .errors import DataError, ModelError
-from .classes import ClassSpec
-from .inference import InferenceSettings, class_map, class_probabilities, predict_logits
-from .io import write_png
-from .model import checkpoint_classes, load_model
+from ..core.classes import ClassSpec
+from ..core.device import resolve_device
+from ..core.errors import ModelError
+from ..model.checkpoint import checkpoint_classes, load_model
+from ..model.inputs import eval_transform
+from ..model.outputs import class_map, class_probabilities, predict_logits
+from .settings import InferenceSettings
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -32,7 +29,9 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
     else:
         path = Path(model_ref)
         if not path.is_file():
-            raise ModelError(f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)")
+            raise ModelError(
+                f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)"
+            )
         settings = InferenceSettings.beside(path)
         predictor = Predictor.load(path, settings or InferenceSettings(DEFAULT_THRESHOLD, False, ""), device)
         if settings is None:
@@ -41,14 +40,15 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
     target = resolve_device(device)
     # --threshold only means something to a binary model; a multi-class one takes the top class.
     keep = threshold is None or not predictor.classes.binary
-    return replace(predictor, model=predictor.model.to(target), device=target,
-                   threshold=predictor.threshold if keep else threshold)
+    return replace(
+        predictor, model=predictor.model.to(target), device=target, threshold=predictor.threshold if keep else threshold
+    )
 
 
 def _registered_predictor(model_ref: str) -> Predictor:
     import mlflow
 
-    from .tracking import tracking_uri
+    from ..tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -56,22 +56,9 @@ def _registered_predictor(model_ref: str) -> Predictor:
     except mlflow.exceptions.MlflowException as exc:
         raise ModelError(f"--model {model_ref}: {exc.message}") from None
     except AttributeError:
-        raise ModelError(f"--model {model_ref}: not a model registered by this pipeline (no segmentation predictor in it)") from None
-
-
-def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
-    """Files as given, folders searched recursively for images, and glob patterns expanded."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.exists():
-            yield path
-        else:
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise DataError(f"{item}: no such file, folder or matching glob")
-            yield from (Path(match) for match in matches)
+        raise ModelError(
+            f"--model {model_ref}: not a model registered by this pipeline (no segmentation predictor in it)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -98,7 +85,9 @@ class Predictor:
         normalise = eval_transform()
         batch = np.stack(
             [
-                normalise(image=cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA))["image"]
+                normalise(image=cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA))[
+                    "image"
+                ]
                 for image in images
             ]
         )
@@ -107,7 +96,7 @@ class Predictor:
         # Resized as probabilities, then cut: smoother edges than resizing a class map.
         return [
             cv2.resize(prob.transpose(1, 2, 0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-            for prob, image in zip(probs, images)
+            for prob, image in zip(probs, images, strict=True)
         ]
 
     def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -115,7 +104,11 @@ class Predictor:
         maps = []
         for prob in self.probabilities(images):
             channels_first = prob[None, None] if prob.ndim == 2 else prob.transpose(2, 0, 1)[None]
-            maps.append(class_map(torch.from_numpy(np.ascontiguousarray(channels_first)), self.threshold)[0].numpy().astype(np.uint8))
+            maps.append(
+                class_map(torch.from_numpy(np.ascontiguousarray(channels_first)), self.threshold)[0]
+                .numpy()
+                .astype(np.uint8)
+            )
         return maps
 
     def mask_values(self, classes_map: np.ndarray) -> np.ndarray:
@@ -124,57 +117,3 @@ class Predictor:
 
     def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return [self.mask_values(classes_map) for classes_map in self.class_maps(images)]
-
-
-def overlay(image: np.ndarray, classes_map: np.ndarray, classes: ClassSpec) -> np.ndarray:
-    """The photo with each foreground class blended half and half with its colour."""
-    blended = image.astype(np.float32)
-    for class_id, colour in enumerate(classes.overlay_colours(), start=1):
-        where = classes_map == class_id
-        blended[where] = 0.5 * blended[where] + 0.5 * np.array(colour, np.float32)
-    return blended.astype(np.uint8)
-
-
-def predict_files(
-    predictor: Predictor, files: list[Path], out_dir: Path, *, batch_size: int = 8, with_overlay: bool = False
-) -> tuple[list[Path], list[str]]:
-    """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``;
-    bad files are reported, not fatal."""
-    written: list[Path] = []
-    failures: list[str] = []
-    used_names: set[str] = set()
-    progress = tqdm(total=len(files), desc="predict", unit="image")
-    for start in range(0, len(files), batch_size):
-        batch: list[tuple[Path, np.ndarray]] = []
-        for path in files[start : start + batch_size]:
-            try:
-                batch.append((path, decode_image(path.read_bytes(), path)))
-            except (DataError, OSError) as exc:
-                failures.append(f"{path}: {exc}" if isinstance(exc, OSError) else str(exc))
-                progress.update(1)
-        if not batch:
-            continue
-        for (path, image), classes_map in zip(batch, predictor.class_maps([image for _, image in batch])):
-            name = path.stem
-            while name in used_names:  # same stem from two folders: keep both
-                name += "_"
-            used_names.add(name)
-            write_png(out_dir / f"{name}.png", predictor.mask_values(classes_map))
-            if with_overlay:
-                write_png(out_dir / f"{name}_overlay.png", overlay(image, classes_map, predictor.classes))
-            written.append(out_dir / f"{name}.png")
-            progress.update(1)
-    progress.close()
-    return written, failures
-
-
-def run(inputs: list[str], model_ref: str, out_dir: Path, *, threshold: float | None, batch_size: int,
-        with_overlay: bool, device: str) -> int:
-    files = list(expand_inputs(inputs))
-    predictor = load_predictor(model_ref, threshold=threshold, device=device)
-    written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
-    rule = f"threshold {predictor.threshold:g}" if predictor.classes.binary else f"top class of {predictor.classes.count}"
-    print(f"predict: wrote {len(written)} mask(s) to {out_dir} ({rule}{', flip TTA' if predictor.tta else ''})")
-    for failure in failures:
-        print(f"predict: skipped {failure}")
-    return 1 if failures else 0

@@ -30,10 +30,10 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from pipeline.data import decode_image
-from pipeline.errors import DataError
-from pipeline.inference import InferenceSettings
-from pipeline.predict import Predictor
+from pipeline.core.errors import DataError
+from pipeline.core.images import decode_image
+from pipeline.serve.predictor import Predictor
+from pipeline.serve.settings import InferenceSettings
 
 IMAGE_COLUMN = "image"
 
@@ -74,7 +74,9 @@ def read_images(model_input: object) -> tuple[list[np.ndarray], bool]:
     """The RGB images in a request, and whether they came encoded (so answers are encoded too)."""
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
-            raise BadPayload(f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, got columns {list(model_input.columns)}")
+            raise BadPayload(
+                f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, got columns {list(model_input.columns)}"
+            )
         items = list(model_input[IMAGE_COLUMN])
     elif isinstance(model_input, np.ndarray) and not np.issubdtype(model_input.dtype, np.number):
         items = list(model_input.reshape(-1)) if model_input.ndim <= 1 else None

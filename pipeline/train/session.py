@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,14 +18,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
+from ..core.classes import ClassSpec
+from ..core.config import Config
+from ..core.device import choose_precision, resolve_device
+from ..core.errors import ModelError
+from ..core.files import atomic_path
+from ..core.splits import SplitInfo, load_split
+from ..model.checkpoint import read_checkpoint, save_checkpoint
+from ..model.inputs import SegmentationDataset, eval_transform
+from ..model.losses import build_loss
+from ..model.metrics import PER_CLASS_METRICS, SegmentationMetrics
+from ..model.network import build_model, load_pretrained_encoder
 from . import distributed
-from .config import Config, TrainConfig
-from .classes import ClassSpec
-from .data import SegmentationDataset, eval_transform, load_split, read_split_info, split_classes, train_transform
-from .engine import choose_precision, evaluate, resolve_device, train_one_epoch
-from .io import atomic_path
-from .metrics import PER_CLASS_METRICS, SegmentationMetrics, build_loss
-from .model import ModelError, build_model, load_pretrained_encoder, read_checkpoint, save_checkpoint
+from .augmentation import train_transform
+from .loop import train_one_epoch, validate
+from .schedule import build_scheduler
 
 # Dice/IoU during training only monitor progress (model selection uses val loss); a fixed
 # threshold keeps evaluate.threshold out of training, so changing it reruns evaluate alone.
@@ -77,8 +83,13 @@ def history_fields(classes: ClassSpec) -> tuple[str, ...]:
 def training_fingerprint(cfg: Config, data_hash: str, classes: ClassSpec) -> str:
     """Identifies what a run computes, so ``last.pt`` is only resumed into the same run."""
     train = {key: value for key, value in cfg.train.model_dump().items() if key not in RUNTIME_ONLY_KEYS}
-    relevant = {"data_hash": data_hash, "data": cfg.data.image_size, "model": cfg.model.model_dump(), "train": train,
-                "classes": classes.to_dict()}
+    relevant = {
+        "data_hash": data_hash,
+        "data": cfg.data.image_size,
+        "model": cfg.model.model_dump(),
+        "train": train,
+        "classes": classes.to_dict(),
+    }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
@@ -86,28 +97,6 @@ def _seed_worker(worker_id: int) -> None:
     # Albumentations keeps its own RNG; give each worker a distinct, reproducible stream.
     info = get_worker_info()
     info.dataset.transform.set_random_seed(info.seed % 2**32)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate schedule: linear warm-up, then constant, cosine decay or one-cycle."""
-    total = cfg.epochs * steps_per_epoch
-    # Capped so that a short run (`-S train.epochs=1`) still trains at full rate for a while.
-    warmup = min(cfg.warmup_epochs, cfg.epochs - 1) * steps_per_epoch
-    if cfg.scheduler == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(warmup, 1) / total
-        )
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.scheduler == "none":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def loader_workers(setting: int | str, device: torch.device) -> int:
@@ -124,16 +113,19 @@ class TrainingSession:
         self.cfg, self.best_path, self.last_path = cfg, best_path, last_path
         self.topology, self.device = distributed.setup(resolve_device(cfg.train.device))
         self.precision = choose_precision(cfg.train.amp, self.device)
-        self.split_info = read_split_info(split_dir)
-        self.classes = split_classes(self.split_info)
+        self.split_info = SplitInfo.read(split_dir)
+        self.classes = self.split_info.classes
         torch.manual_seed(cfg.train.seed)
         cuda = self.device.type == "cuda"
         self.workers = loader_workers(cfg.train.num_workers, self.device)
         self.train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
         # Every rank draws its share of the same seeded permutation; set_epoch reseeds it.
         self.sampler = DistributedSampler(
-            self.train_data, num_replicas=self.topology.world_size, rank=self.topology.rank,
-            shuffle=True, seed=cfg.train.seed,
+            self.train_data,
+            num_replicas=self.topology.world_size,
+            rank=self.topology.rank,
+            shuffle=True,
+            seed=cfg.train.seed,
         )
         self.generator = torch.Generator()
         loader_options = dict(
@@ -145,8 +137,12 @@ class TrainingSession:
             persistent_workers=cuda and self.workers > 0,
         )
         self.train_loader = DataLoader(
-            self.train_data, sampler=self.sampler, drop_last=len(self.sampler) > cfg.train.batch_size,
-            generator=self.generator, worker_init_fn=_seed_worker, **loader_options,
+            self.train_data,
+            sampler=self.sampler,
+            drop_last=len(self.sampler) > cfg.train.batch_size,
+            generator=self.generator,
+            worker_init_fn=_seed_worker,
+            **loader_options,
         )
         self.val_loader = DataLoader(
             SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **loader_options
@@ -164,7 +160,7 @@ class TrainingSession:
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
         self.loss_fn = build_loss(self.classes)
-        self.state = TrainState(training_fingerprint(cfg, self.split_info["data_hash"], self.classes))
+        self.state = TrainState(training_fingerprint(cfg, self.split_info.data_hash, self.classes))
         self.resume_note = self._maybe_resume()
 
     def _maybe_resume(self) -> str:
@@ -224,9 +220,14 @@ class TrainingSession:
 
     def _validate(self, epoch: int, train_loss: float, started: float) -> dict[str, float]:
         val_metrics = SegmentationMetrics(MONITOR_THRESHOLD, self.classes)
-        val_loss = evaluate(
-            self.model, self.val_loader, self.loss_fn, self.device, val_metrics,
-            desc=f"epoch {epoch} val", precision=self.precision,
+        val_loss = validate(
+            self.model,
+            self.val_loader,
+            self.loss_fn,
+            self.device,
+            val_metrics,
+            desc=f"epoch {epoch} val",
+            precision=self.precision,
         )
         scores = val_metrics.compute()
         row = {
@@ -246,8 +247,15 @@ class TrainingSession:
             started = time.perf_counter()
             self.start_epoch(epoch)
             total, seen = train_one_epoch(
-                self.network, self.train_loader, self.loss_fn, self.optimizer, self.device, epoch,
-                self.precision, self.scheduler, self.scaler,
+                self.network,
+                self.train_loader,
+                self.loss_fn,
+                self.optimizer,
+                self.device,
+                epoch,
+                self.precision,
+                self.scheduler,
+                self.scaler,
             )
             total, seen = distributed.sum_across([total, seen], self.topology, self.device)
             row = distributed.from_main(self._validate(epoch, total / seen, started) if main else None, self.topology)
@@ -261,14 +269,22 @@ class TrainingSession:
                 continue
             if improved:
                 save_checkpoint(
-                    self.best_path, self.model, self.cfg.model, self.classes,
-                    image_size=self.cfg.data.image_size, epoch=epoch, val_loss=row["val_loss"],
-                    val_dice=row["val_dice"], data_hash=self.split_info["data_hash"], fingerprint=self.state.fingerprint,
+                    self.best_path,
+                    self.model,
+                    self.cfg.model,
+                    self.classes,
+                    image_size=self.cfg.data.image_size,
+                    epoch=epoch,
+                    val_loss=row["val_loss"],
+                    val_dice=row["val_dice"],
+                    data_hash=self.split_info.data_hash,
+                    fingerprint=self.state.fingerprint,
                 )
             self._save_last()
             tracker.log_epoch(row)
             print(
-                f"epoch {epoch}/{self.cfg.train.epochs}: train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"epoch {epoch}/{self.cfg.train.epochs}: "
+                f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
                 f"val_dice {row['val_dice']:.4f}  lr {row['lr']:.2e}  {row['epoch_seconds']:.1f}s"
                 + ("  *best*" if improved else ""),
                 flush=True,

@@ -7,12 +7,13 @@ from pathlib import Path
 import mlflow
 import torch
 
-from pipeline.classes import PERSON, ClassSpec
-from pipeline.config import ModelConfig
-from pipeline.inference import InferenceSettings
-from pipeline.io import sha256_file
-from pipeline.model import build_model, save_checkpoint
-from pipeline.registry import register_model
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.core.config import ModelConfig
+from pipeline.core.files import sha256_file
+from pipeline.evaluate.registry import register_model
+from pipeline.model.checkpoint import save_checkpoint
+from pipeline.model.network import build_model
+from pipeline.serve.settings import InferenceSettings
 
 TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
 NAME = "test-unet"
@@ -32,7 +33,9 @@ def use_store(root: Path) -> str:
     return uri
 
 
-def register(root: Path, checkpoint: Path, *, threshold: float, tta: bool = False, tags: dict[str, str] | None = None) -> tuple[str, str]:
+def register(
+    root: Path, checkpoint: Path, *, threshold: float, tta: bool = False, tags: dict[str, str] | None = None
+) -> tuple[str, str]:
     """A finished run holding ``checkpoint``, registered as a new version of NAME; returns (run id, version)."""
     use_store(root)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
@@ -40,5 +43,7 @@ def register(root: Path, checkpoint: Path, *, threshold: float, tta: bool = Fals
     card = root / "card.md"
     card.write_text("# card\n")
     settings = InferenceSettings(threshold, tta, sha256_file(checkpoint))
-    version = register_model(run_id=run.info.run_id, name=NAME, checkpoint=checkpoint, card=card, settings=settings, tags=tags or {})
+    version = register_model(
+        run_id=run.info.run_id, name=NAME, checkpoint=checkpoint, card=card, settings=settings, tags=tags or {}
+    )
     return run.info.run_id, version

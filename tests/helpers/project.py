@@ -1,0 +1,107 @@
+"""The project under test: its params, copies of it, and running commands in a copy."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from scripts.project_copy import copy_tracked_files
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHARED_ZIP = PROJECT_ROOT.parent / "shared" / "datasets" / "human-segmentation-dataset-master.zip"
+FAULTS = PROJECT_ROOT / "tests" / "faults"
+STAGES = ("fetch", "split", "train", "evaluate")
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+
+
+def load_params(path: Path | None = None) -> dict:
+    return YAML(typ="safe", pure=True).load((path or PROJECT_ROOT / "params.yaml").read_text())
+
+
+def write_params(path: Path, params: dict) -> None:
+    yaml = YAML()
+    with path.open("w") as handle:
+        yaml.dump(params, handle)
+
+
+def set_param(project: Path, section: str, key: str, value: object) -> None:
+    params = load_params(project / "params.yaml")
+    params[section][key] = value
+    write_params(project / "params.yaml", params)
+
+
+def tiny_params(params: dict, source: str) -> dict:
+    """Params for a fast end-to-end run: 64 px, 2 epochs, a small random-init encoder."""
+    params["data"].update(source=source, image_size=64)
+    params["model"].update(encoder="resnet18", encoder_weights=None)
+    params["train"].update(epochs=2, batch_size=16, num_workers=0, device="cpu")
+    return params
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy the project as a clean clone would hold it (tracked and unignored files) into ``dest``, as a git repo."""
+    copy_tracked_files(PROJECT_ROOT, dest)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*GIT, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def environment(project: Path, **extra: str) -> dict[str, str]:
+    """This interpreter first on PATH (stage commands call `python`), the copy's code first on
+    PYTHONPATH (not whichever checkout the package was installed from), the fault injector
+    importable (inert unless its variable is set), and no MLflow settings from outside."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join([str(project), str(FAULTS)])
+    env.update(extra)
+    return env
+
+
+def run(project: Path, *args: str, check: bool = False, **extra: str) -> subprocess.CompletedProcess:
+    """Run a command in ``project``; with ``check``, a failure raises with its output."""
+    result = subprocess.run(
+        args, cwd=project, env=environment(project, **extra), capture_output=True, text=True, timeout=600
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def ran_stages(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` actually ran (not those it found unchanged)."""
+    return set(re.findall(r"Running stage '(\w+)'", result.stdout))
+
+
+def repro(project: Path, **extra: str) -> set[str]:
+    """Run `dvc repro`; return the stages that actually ran."""
+    return ran_stages(run(project, "dvc", "repro", check=True, **extra))
+
+
+def run_queued_experiments(project: Path, learning_rates: list[str], **extra: str) -> None:
+    """`dvc exp run --queue -S train.lr=...` for each rate, `dvc queue start --jobs 2`, wait for all to succeed.
+
+    The queue's workers inherit ``extra`` (e.g. MLFLOW_TRACKING_URI) from `dvc queue start`.
+    """
+    for lr in learning_rates:
+        queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", **extra)
+        assert queued.returncode == 0, queued.stderr
+    started = run(project, "dvc", "queue", "start", "--jobs", "2", **extra)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline:
+        status = run(project, "dvc", "queue", "status").stdout
+        # Finished tasks only: between states a task can be listed as neither queued nor running.
+        if status.count("Success") + status.count("Failed") >= len(learning_rates):
+            break
+        time.sleep(5)  # each `dvc queue status` is a process of its own: poll gently on a small machine
+    succeeded = status.count("Success") == len(learning_rates) and "Failed" not in status
+    assert succeeded, status + run(project, "dvc", "queue", "logs", "-h").stdout
