@@ -21,6 +21,8 @@ CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
 HEALTH_TIMEOUT_S = 5
 ARTIFACT_DIR = "mlartifacts"
 EVALUATION_ARTIFACTS = "evaluation"
+# Run tag: SHA-256 of the local file model.encoder_weights named, when it names one.
+ENCODER_WEIGHTS_TAG = "encoder_weights_sha256"
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -23,7 +23,7 @@ from pipeline.evaluate.registry import (
 )
 from pipeline.evaluate.thresholds import SWEEP_FIELDS, best_threshold, sweep
 from pipeline.serve.settings import InferenceSettings
-from pipeline.tracking import RunInfo, log_to_run, require_run
+from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, log_to_run, require_run
 
 
 def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
@@ -66,9 +66,11 @@ def main() -> None:
     )
     settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
     settings.save_beside(paths.BEST_CHECKPOINT)
+    training_tags = mlflow.get_run(run.run_id).data.tags
     card = render_card(
         registered_model=cfg.mlflow.registered_model,
         run_id=run.run_id,
+        encoder_weights_sha256=training_tags.get(ENCODER_WEIGHTS_TAG),
         params=cfg.flat(),
         split_info=split_info,
         metrics=metrics,
@@ -96,7 +98,7 @@ def main() -> None:
         ],
     )
     name = cfg.mlflow.registered_model
-    tags = version_tags(mlflow.get_run(run.run_id).data.tags, split_info, metrics)
+    tags = version_tags(training_tags, split_info, metrics)
     version = register_model(
         run_id=run.run_id,
         name=name,

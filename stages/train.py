@@ -9,13 +9,15 @@ from pipeline.core import paths
 from pipeline.core.config import Config, load_config
 from pipeline.core.files import read_json, write_csv, write_json
 from pipeline.core.stage import run_stage
-from pipeline.tracking import RunInfo, connect, git_commit, training_run
+from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, git_commit, training_run
 from pipeline.train import distributed
 from pipeline.train.session import NoTracker, TrainingSession, history_fields, summary
 
 
 def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
     tags = {"git_commit": git_commit(), "data_hash": session.split_info.data_hash}
+    if session.encoder_weights_sha256:
+        tags[ENCODER_WEIGHTS_TAG] = session.encoder_weights_sha256
     with training_run(cfg, experiment_id, run_id=session.state.run_id, tags=tags) as tracker:
         session.state.run_id = tracker.run_id
         tracker.catch_up(session.state.history)

@@ -67,6 +67,7 @@ def render_card(
     threshold_source: str,
     worst: list[dict[str, Any]],
     classes: ClassSpec = PERSON,
+    encoder_weights_sha256: str | None = None,
 ) -> str:
     """Markdown for ``models/model_card.md``, the run and the registered version's description."""
     counts = split_info.counts
@@ -83,12 +84,14 @@ def render_card(
         f"{text['subject']} covers {row['foreground_fraction']:.0%} of the image"
         for row in worst
     )
-    weights = params["model.encoder_weights"] or "random"
+    weights = f"{params['model.encoder_weights'] or 'random'} initial weights"
+    if encoder_weights_sha256:
+        weights = f"initial weights from `{params['model.encoder_weights']}`, SHA-256 `{encoder_weights_sha256}`"
     param_lines = "\n".join(f"| `{key}` | `{value}` |" for key, value in params.items())
     return f"""# Model card: {registered_model}
 
 {text["summary"]}: a {params["model.arch"]} ({params["model.encoder"]} encoder,
-{weights} initial weights) that outputs, per pixel, {text["output"]}. MLflow run `{run_id}`.
+{weights}) that outputs, per pixel, {text["output"]}. MLflow run `{run_id}`.
 
 ## Intended use
 {text["intended_use"]}

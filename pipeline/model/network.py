@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
-import torch
 from torch import nn
 
 from ..core.classes import ClassSpec
@@ -18,6 +17,7 @@ from ..core.config import ModelConfig
 from ..core.errors import ModelError
 from ..core.files import read_json
 from ..core.paths import PRETRAINED_INFO_FILE, PRETRAINED_WEIGHTS_FILE
+from ..core.weights import check_state_dict, read_state_dict
 
 
 def build_model(cfg: ModelConfig, classes: ClassSpec) -> nn.Module:
@@ -28,9 +28,11 @@ def build_model(cfg: ModelConfig, classes: ClassSpec) -> nn.Module:
     )
 
 
-def load_pretrained_encoder(model: nn.Module, cfg: ModelConfig, pretrained_dir: Path) -> None:
+def load_pretrained_encoder(model: nn.Module, cfg: ModelConfig, pretrained_dir: Path) -> str | None:
+    """Load the fetch stage's encoder weights; returns the SHA-256 of the local weights file they
+    were copied from (``model.encoder_weights`` a path), else None."""
     if cfg.encoder_weights is None:
-        return
+        return None
     try:
         info = read_json(pretrained_dir / PRETRAINED_INFO_FILE)
     except FileNotFoundError:
@@ -38,13 +40,13 @@ def load_pretrained_encoder(model: nn.Module, cfg: ModelConfig, pretrained_dir: 
             f"{pretrained_dir}/{PRETRAINED_INFO_FILE} is missing: run the fetch stage (dvc repro)"
         ) from None
     wanted = {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights}
-    if info != wanted:
+    held = {key: info.get(key) for key in wanted}
+    if held != wanted:
         raise ModelError(
-            f"{pretrained_dir} holds {info}, but params ask for {wanted}: rerun the fetch stage (dvc repro)"
+            f"{pretrained_dir} holds {held}, but params ask for {wanted}: rerun the fetch stage (dvc repro)"
         )
     path = pretrained_dir / PRETRAINED_WEIGHTS_FILE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.encoder.load_state_dict(state)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot load pretrained encoder weights: {exc}") from None
+    state = read_state_dict(path, str(path))
+    check_state_dict(model.encoder.state_dict(), state, str(path))
+    model.encoder.load_state_dict(state)
+    return info.get("sha256")

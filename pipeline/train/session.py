@@ -148,7 +148,8 @@ class TrainingSession:
             SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **loader_options
         )
         self.model = build_model(cfg.model, self.classes)
-        load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
+        # Recorded in the run and the model card: which local weights file the encoder started from.
+        self.encoder_weights_sha256 = load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
         self.model.to(self.device, memory_format=torch.channels_last)
         # What the loop calls; checkpoints always hold the plain model's weights.
         self.network: torch.nn.Module = self.model
