@@ -11,6 +11,7 @@ from pipeline.model.checkpoint import load_model, read_checkpoint
 from pipeline.train.loop import NonFiniteLossError
 from pipeline.train.session import TrainingSession, summary
 from tests.helpers.datasets import build_test_split, make_dataset
+from tests.helpers.modelstore import tiny_checkpoint
 
 
 class ListTracker:
@@ -148,3 +149,12 @@ def test_loader_workers_auto_is_none_on_cpu_and_some_on_gpu():
     assert loader_workers("auto", torch.device("cpu")) == 0
     assert 1 <= loader_workers("auto", torch.device("cuda")) <= 8
     assert loader_workers(3, torch.device("cpu")) == 3
+
+
+def test_the_same_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
+    # torch names a saved archive's inner folder after the file it writes to; an atomic write's
+    # random temporary name must not end up inside the checkpoint.
+    first = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    second = tiny_checkpoint(tmp_path / "b" / "best.pt")
+    assert first.read_bytes() == second.read_bytes()
+    assert read_checkpoint(first)["image_size"] == 32

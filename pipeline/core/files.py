@@ -92,6 +92,19 @@ def write_png(path: str | Path, image: Any) -> None:
         tmp.write_bytes(encoded.tobytes())
 
 
+def write_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` of ``obj``, atomically and byte-reproducibly.
+
+    Given a file name, torch names the archive's inner folder after it, so a random temporary
+    name would make two identical checkpoints differ; given an open file, it always writes
+    ``archive/``.
+    """
+    import torch  # only the stages that write tensors pay for importing torch
+
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(obj, handle)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

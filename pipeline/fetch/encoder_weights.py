@@ -10,7 +10,7 @@ import torch
 
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
-from ..core.files import atomic_dir, sha256_file, write_json
+from ..core.files import atomic_dir, sha256_file, write_json, write_torch
 from ..core.paths import PRETRAINED_INFO_FILE, PRETRAINED_WEIGHTS_FILE
 from ..core.weights import check_state_dict, is_weights_file, read_state_dict
 
@@ -22,9 +22,9 @@ def fetch_pretrained_encoder(cfg: ModelConfig, out_dir: Path) -> None:
         info: dict[str, str | None] = {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights}
         if is_weights_file(cfg.encoder_weights):
             state, info["sha256"] = _local_weights(cfg)
-            torch.save(state, staging / PRETRAINED_WEIGHTS_FILE)
+            write_torch(staging / PRETRAINED_WEIGHTS_FILE, state)
         elif cfg.encoder_weights is not None:
-            torch.save(_download(cfg).state_dict(), staging / PRETRAINED_WEIGHTS_FILE)
+            write_torch(staging / PRETRAINED_WEIGHTS_FILE, _download(cfg).state_dict())
         write_json(staging / PRETRAINED_INFO_FILE, info)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..core.classes import PERSON, ClassSpec
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
-from ..core.files import atomic_path
+from ..core.files import write_torch
 from .network import build_model
 
 CHECKPOINT_FORMAT = "unet-pipeline/checkpoint-v1"
@@ -26,8 +26,7 @@ def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: Cla
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         **metadata,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

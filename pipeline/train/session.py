@@ -22,7 +22,7 @@ from ..core.classes import ClassSpec
 from ..core.config import Config
 from ..core.device import choose_precision, resolve_device
 from ..core.errors import ModelError
-from ..core.files import atomic_path
+from ..core.files import write_torch
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import read_checkpoint, save_checkpoint
 from ..model.inputs import SegmentationDataset, eval_transform
@@ -203,8 +203,7 @@ class TrainingSession:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "torch_rng": torch.get_rng_state(),
         }
-        with atomic_path(self.last_path) as tmp:
-            torch.save(payload, tmp)
+        write_torch(self.last_path, payload)
 
     def interrupted_note(self) -> str:
         done = self.state.epoch
