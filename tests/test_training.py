@@ -158,3 +158,28 @@ def test_the_same_checkpoint_saved_twice_is_the_same_bytes(tmp_path):
     second = tiny_checkpoint(tmp_path / "b" / "best.pt")
     assert first.read_bytes() == second.read_bytes()
     assert read_checkpoint(first)["image_size"] == 32
+
+
+def test_fetched_encoder_weights_load_into_the_network_and_are_reproducible(tmp_path, monkeypatch):
+    import segmentation_models_pytorch as smp
+
+    from pipeline.core.classes import PERSON
+    from pipeline.core.config import ModelConfig
+    from pipeline.fetch.encoder_weights import fetch_pretrained_encoder
+    from pipeline.model.network import build_model, load_pretrained_encoder
+
+    get_encoder = smp.encoders.get_encoder
+
+    def seeded_encoder(name, in_channels, weights):  # stands in for the hub download
+        torch.manual_seed(7)
+        return get_encoder(name, in_channels=in_channels, weights=None)
+
+    monkeypatch.setattr(smp.encoders, "get_encoder", seeded_encoder)
+    cfg = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights="imagenet")
+    fetch_pretrained_encoder(cfg, tmp_path / "a")
+    fetch_pretrained_encoder(cfg, tmp_path / "b")
+    assert (tmp_path / "a" / "encoder.pt").read_bytes() == (tmp_path / "b" / "encoder.pt").read_bytes()
+    model = build_model(cfg, PERSON)
+    load_pretrained_encoder(model, cfg, tmp_path / "a")
+    expected = seeded_encoder("resnet18", 3, None).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.encoder.state_dict().items())
