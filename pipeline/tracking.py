@@ -113,6 +113,10 @@ class MlflowTracker:
     def log_epoch(self, row: dict[str, float]) -> None:
         mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=int(row["epoch"]))
 
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the run as a whole, not of an epoch (the data report's headline numbers)."""
+        mlflow.log_metrics(metrics)
+
     def catch_up(self, history: list[dict[str, float]]) -> None:
         """Log the epochs of a resumed run that a crash kept from reaching MLflow.
 

@@ -32,7 +32,7 @@ def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, 
     if not val.classes.binary:
         return None, [], "each pixel takes its most probable class"
     # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
-    curve = sweep(val.logits, val.masks)
+    curve = sweep(val.logits, val.masks, val.classes)
     if cfg.evaluate.threshold == "auto":
         return best_threshold(curve), curve, "maximises mean Dice on the validation split"
     return cfg.evaluate.threshold, curve, "fixed by evaluate.threshold"

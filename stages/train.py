@@ -3,8 +3,6 @@
 Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
 """
 
-import mlflow
-
 from pipeline.core import paths
 from pipeline.core.config import Config, load_config
 from pipeline.core.files import read_json, write_csv, write_json
@@ -27,7 +25,7 @@ def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> 
             raise KeyboardInterrupt(session.interrupted_note()) from None
         write_csv(paths.TRAIN_HISTORY, state.history, history_fields(session.classes))
         write_json(paths.TRAIN_METRICS, summary(state))
-        mlflow.log_metrics(read_json(paths.DATA_REPORT)["headline"])
+        tracker.log_metrics(read_json(paths.DATA_REPORT)["headline"])
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
     run = RunInfo(tracker.run_id, tracker.experiment_id)
     run.save(paths.RUN_INFO)

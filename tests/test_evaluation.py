@@ -2,11 +2,19 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.classes import PERSON
 from pipeline.evaluate.gallery import PANEL, pick_cases, render_gallery
 from pipeline.evaluate.predictions import SplitPredictions
 from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, sweep
 from pipeline.model.outputs import predict_logits
-from pipeline.serve.palette import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE
+from pipeline.serve.palette import (
+    BINARY_OVERLAY,
+    DISTINCT_COLOURS,
+    FALSE_NEGATIVE,
+    FALSE_POSITIVE,
+    TRUE_POSITIVE,
+    TRUTH,
+)
 
 
 def logits_of(probabilities: list[float]) -> torch.Tensor:
@@ -18,7 +26,7 @@ def test_sweep_scores_each_threshold_and_picks_the_best_dice():
     # Truth: the first two pixels. Only a cut-off in (0.58, 0.62] separates them from the rest.
     logits = logits_of([0.9, 0.62, 0.58, 0.1])
     truth = torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 1, -1)
-    rows = {row["threshold"]: row for row in sweep(logits, truth)}
+    rows = {row["threshold"]: row for row in sweep(logits, truth, PERSON)}
     assert list(rows) == list(SWEEP_THRESHOLDS)
     assert rows[0.5]["dice"] == pytest.approx(0.8)  # TP 2, FP 1: 4 / 5
     assert rows[0.5]["iou"] == pytest.approx(2 / 3)
@@ -46,7 +54,9 @@ def test_flip_tta_averages_the_mirrored_prediction():
 def test_per_image_rows_hold_dice_iou_and_foreground_fraction():
     truth = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]).reshape(2, 1, 1, 4)
     logits = torch.cat([logits_of([0.9, 0.2, 0.8, 0.1]), logits_of([0.1, 0.1, 0.1, 0.1])])
-    predictions = SplitPredictions("test", ["a", "b"], np.zeros((2, 1, 4, 3), np.uint8), truth, logits, loss=0.0)
+    predictions = SplitPredictions(
+        "test", ["a", "b"], np.zeros((2, 1, 4, 3), np.uint8), truth, logits, loss=0.0, classes=PERSON
+    )
     rows = predictions.per_image(0.5)
     assert [row["id"] for row in rows] == ["a", "b"]
     assert rows[0]["dice"] == pytest.approx(0.5) and rows[0]["iou"] == pytest.approx(1 / 3)
@@ -72,7 +82,7 @@ def test_gallery_colours_false_positives_and_negatives_differently():
     truth[:, :, :4] = True  # left half is the person
     prediction = np.zeros((2, 8, 8), bool)
     prediction[:, :4, :] = True  # top half predicted
-    gallery = render_gallery(images, truth, prediction, ["x", "y"], [0.2, 0.8])
+    gallery = render_gallery(images, truth, prediction, ["x", "y"], [0.2, 0.8], PERSON)
     assert gallery.shape[1] == 3 * PANEL + 4 * 6
     row_top = gallery.shape[0] - PANEL - 6  # the last row's panels
     third = 6 + 2 * (PANEL + 6)
@@ -91,7 +101,6 @@ def test_gallery_colours_false_positives_and_negatives_differently():
 
 
 def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
-    from pipeline.core.classes import PERSON
     from pipeline.core.config import parse_config
     from pipeline.core.splits import SplitInfo
     from pipeline.evaluate.card import METRIC_NAMES, render_card
@@ -107,9 +116,22 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
         metrics=metrics,
         threshold_source="maximises mean Dice on the validation split",
         worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
+        classes=PERSON,
     )
     assert "f" * 64 in card and "203 train, 58 validation,\n29 test images" in card
     assert "at least **0.35** (maximises mean Dice on the validation split)" in card
     assert "| dice | 0.8125 | 0.5000 |" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
     assert "## Intended use" in card and "## Known limits" in card and "| `train.lr` | `0.003` |" in card
+
+
+def test_the_error_colours_are_none_of_the_class_colours():
+    # The gallery's legend lists class and error colours side by side: each must read as itself.
+    classes = (*DISTINCT_COLOURS, TRUTH, BINARY_OVERLAY)
+    errors = (TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE)
+
+    def distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+        return float(np.linalg.norm(np.subtract(a, b)))
+
+    assert min(distance(error, colour) for error in errors for colour in classes) > 100
+    assert min(distance(a, b) for index, a in enumerate(errors) for b in errors[index + 1 :]) > 100

@@ -15,7 +15,7 @@ def logits_from(prediction: list[list[int]]) -> torch.Tensor:
 def test_perfect_prediction_has_zero_loss_and_perfect_scores():
     mask = torch.tensor([[1, 0], [0, 0]], dtype=torch.float32)[None, None]
     assert float(DiceBCELoss()(logits_from([[1, 0], [0, 0]]), mask)) == pytest.approx(0, abs=1e-6)
-    metrics = SegmentationMetrics(0.5)
+    metrics = SegmentationMetrics(0.5, PERSON)
     metrics.update(logits_from([[1, 0], [0, 0]]), mask)
     assert metrics.compute()["dice"] == 1.0 and metrics.compute()["iou"] == 1.0
 
@@ -29,7 +29,7 @@ def test_loss_is_dice_plus_bce_on_a_hand_made_case():
 
 
 def test_metric_values_and_both_reductions():
-    metrics = SegmentationMetrics(0.5)
+    metrics = SegmentationMetrics(0.5, PERSON)
     truth = torch.tensor([[[[1, 1], [0, 0]]], [[[1, 1], [1, 1]]]], dtype=torch.float32)
     prediction = torch.cat([logits_from([[1, 0], [1, 0]]), logits_from([[1, 1], [1, 1]])])
     metrics.update(prediction, truth)
@@ -46,13 +46,13 @@ def test_metric_values_and_both_reductions():
 
 
 def test_empty_truth_predicted_empty_counts_as_perfect():
-    metrics = SegmentationMetrics(0.5)
+    metrics = SegmentationMetrics(0.5, PERSON)
     metrics.update(logits_from([[0, 0], [0, 0]]), torch.zeros(1, 1, 2, 2))
     assert metrics.compute()["dice"] == 1.0
 
 
 def test_threshold_is_applied_to_probabilities():
-    metrics = SegmentationMetrics(0.9)
+    metrics = SegmentationMetrics(0.9, PERSON)
     metrics.update(torch.full((1, 1, 2, 2), 1.0), torch.ones(1, 1, 2, 2))  # sigmoid(1) = 0.73 < 0.9
     assert metrics.compute()["recall"] == 0.0
 
@@ -94,7 +94,7 @@ def test_multiclass_metrics_per_class_their_mean_and_the_confusion_matrix():
 
 
 def test_binary_metrics_keep_their_names_and_count_a_confusion_matrix():
-    metrics = SegmentationMetrics(0.5)
+    metrics = SegmentationMetrics(0.5, PERSON)
     metrics.update(logits_from([[1, 0], [1, 0]]), torch.tensor([[1, 1], [0, 0]], dtype=torch.float32)[None, None])
     assert set(metrics.compute()) == {f"{name}{suffix}" for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
     assert metrics.confusion.tolist() == [[1, 1], [1, 1]]

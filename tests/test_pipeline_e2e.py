@@ -73,6 +73,8 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
         assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.encoder"] == "resnet18"
     assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["git_commit"] != "unknown"
+    headline = read_json(project / "data" / "report.json")["headline"]
+    assert {name: run.data.metrics[name] for name in headline} == headline  # the data report's numbers
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}

@@ -10,7 +10,6 @@ PRETRAINED_DIR = Path("models/pretrained")
 BEST_CHECKPOINT = Path("models/best.pt")
 LAST_CHECKPOINT = Path("models/last.pt")
 RUN_INFO = Path("models/run.json")
-INFERENCE_SETTINGS = Path("models/inference.json")  # pipeline.serve.settings.SETTINGS_FILE beside the checkpoint
 MODEL_CARD = Path("models/model_card.md")
 REGISTRY_DECISION = Path("models/registry.json")
 TRAIN_METRICS = Path("metrics/train.json")

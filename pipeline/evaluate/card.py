@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.classes import PERSON, ClassSpec
+from ..core.classes import ClassSpec
 from ..core.splits import SplitInfo
 
 METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "precision", "recall")
 
 
-def _binary_sections(params: dict[str, Any], metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
+def _binary_sections(metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
     return {
         "summary": "Binary person segmentation",
         "output": "whether it belongs to a person",
@@ -66,16 +66,12 @@ def render_card(
     metrics: dict[str, float],
     threshold_source: str,
     worst: list[dict[str, Any]],
-    classes: ClassSpec = PERSON,
+    classes: ClassSpec,
     encoder_weights_sha256: str | None = None,
 ) -> str:
     """Markdown for ``models/model_card.md``, the run and the registered version's description."""
     counts = split_info.counts
-    text = (
-        _binary_sections(params, metrics, threshold_source)
-        if classes.binary
-        else _multiclass_sections(classes, metrics)
-    )
+    text = _binary_sections(metrics, threshold_source) if classes.binary else _multiclass_sections(classes, metrics)
     rows = "\n".join(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
     )

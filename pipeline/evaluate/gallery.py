@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..core.classes import PERSON, ClassSpec
+from ..core.classes import ClassSpec
 from ..serve.palette import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, TRUTH, overlay_colours
 
 CASES_EACH = 4  # worst and best
@@ -80,7 +80,7 @@ def render_gallery(
     predictions: np.ndarray,
     ids: list[str],
     dice: list[float],
-    classes: ClassSpec = PERSON,
+    classes: ClassSpec,
 ) -> np.ndarray:
     """An RGB image: a legend, then one row per picked case of photo | truth | prediction.
     ``truths`` and ``predictions`` hold class ids (or booleans for binary)."""

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..core.classes import PERSON, ClassSpec
+from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import load_model
@@ -35,7 +35,7 @@ class SplitPredictions:
     masks: torch.Tensor  # (N, 1, S, S) float class ids (0/1 for binary)
     logits: torch.Tensor  # (N, 1, S, S) for binary, (N, C, S, S) for C classes
     loss: float  # mean training loss per image (Dice + BCE, or Dice + CE)
-    classes: ClassSpec = PERSON
+    classes: ClassSpec
 
     # ``threshold`` cuts binary probabilities; multi-class models take the top class and it is None.
     def metrics(self, threshold: float | None) -> SegmentationMetrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.classes import ClassSpec
 from ..model.metrics import SegmentationMetrics
 
 # 0.05, 0.10, ..., 0.95: finer steps move Dice by less than its spread across images.
@@ -12,12 +13,12 @@ SWEEP_FIELDS = ("threshold", "dice", "iou")
 
 
 def sweep(
-    logits: torch.Tensor, masks: torch.Tensor, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
+    logits: torch.Tensor, masks: torch.Tensor, classes: ClassSpec, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
 ) -> list[dict[str, float]]:
-    """Mean per-image Dice and IoU at each threshold (the reduction of the headline test metrics)."""
+    """Mean per-image Dice and IoU of a binary model at each threshold (the reduction of the headline test metrics)."""
     rows = []
     for threshold in thresholds:
-        metrics = SegmentationMetrics(threshold)
+        metrics = SegmentationMetrics(threshold, classes)
         metrics.update(logits, masks)
         scores = metrics.compute()
         rows.append({"threshold": threshold, "dice": scores["dice"], "iou": scores["iou"]})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import segmentation_models_pytorch as smp
 import torch
 
-from ..core.classes import PERSON, ClassSpec
+from ..core.classes import ClassSpec
 from .outputs import class_map, class_probabilities
 
 METRIC_FUNCTIONS = {
@@ -36,7 +36,7 @@ class SegmentationMetrics:
     Binary predictions are cut at ``threshold``; multi-class ones take the top class.
     """
 
-    def __init__(self, threshold: float | None, classes: ClassSpec = PERSON):
+    def __init__(self, threshold: float | None, classes: ClassSpec):
         self.threshold, self.classes = threshold, classes
         self._counts: list[tuple[torch.Tensor, ...]] = []
         self.confusion = torch.zeros(classes.count, classes.count, dtype=torch.long)  # [truth, prediction] pixels

@@ -20,10 +20,11 @@ DISTINCT_COLOURS: tuple[Colour, ...] = (
 # What predict has always painted a person with; binary overlays without a palette keep it.
 BINARY_OVERLAY: Colour = (255, 64, 64)
 
-# The gallery's error panel.
-TRUE_POSITIVE: Colour = (0, 158, 115)  # bluish green
-FALSE_POSITIVE: Colour = (230, 159, 0)  # orange: predicted, not in the truth
-FALSE_NEGATIVE: Colour = (86, 180, 233)  # sky blue: in the truth, missed
+# The gallery's error panel, in colours that none of the classes above is drawn in (its legend
+# lists both), and told apart by lightness too: white, magenta and cyan.
+TRUE_POSITIVE: Colour = (255, 255, 255)  # white: predicted and in the truth
+FALSE_POSITIVE: Colour = (255, 0, 255)  # magenta: predicted, not in the truth
+FALSE_NEGATIVE: Colour = (0, 255, 255)  # cyan: in the truth, missed
 TRUTH: Colour = (240, 228, 66)  # yellow: the binary truth panel
 
 
