@@ -1,8 +1,9 @@
 """Model quality per configuration: the whole pipeline (`dvc repro`), per seed, in scratch copies.
 
     python bench/quality.py --source ~/data/human-seg.zip --seeds 42 43 44 \\
-        --config scratch \\
-        --config "lite0: model.encoder=tu-efficientnet_lite0, model.encoder_weights=/abs/path/lite0.safetensors"
+        --config "scratch: model.encoder_weights=null" \\
+        --config "lite0: model.encoder=tu-tf_efficientnet_lite0, \\
+                  model.encoder_weights=$PWD/weights/tf_efficientnet_lite0.safetensors"
 
 Each (configuration, seed) runs all four stages from nothing in a fresh copy of the project
 (tracked and unignored files, as a clone holds them, plus uncommitted edits) with its own
@@ -11,7 +12,9 @@ name, optionally followed by `:` and comma-separated `KEY=VALUE` params override
 read as YAML, as `dvc exp run -S` does); `--set` overrides apply to every configuration;
 the seed is `train.seed` (the split stays the same, so every run is scored on the same test
 photos). Paths in overrides are used as given: pass absolute paths, the copies live
-elsewhere.
+elsewhere. Each run copies the project when it starts: run the bench from a checkout you
+leave alone while it works (hours at full size on a CPU). --logs keeps each run's `dvc
+repro` output, written as it runs.
 
 The table lists every run in the order it ran (test Dice, val Dice at the best epoch, best
 epoch, wall time for all four stages) and, per configuration, test Dice mean ± standard
@@ -96,7 +99,8 @@ def commit() -> str:
 
 def run_pipeline(name: str, seed: int, params: dict, keep: Path | None) -> Run:
     with tempfile.TemporaryDirectory(prefix=f"quality-{name}-{seed}-") as scratch:
-        project = Path(scratch)
+        project = Path(scratch) / "project"
+        project.mkdir()
         copy_tracked_files(PROJECT, project)
         yaml = YAML()
         with (project / "params.yaml").open("w") as handle:
@@ -111,15 +115,17 @@ def run_pipeline(name: str, seed: int, params: dict, keep: Path | None) -> Run:
         env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
         env["PYTHONPATH"] = str(project)
+        # Streamed to a file as it runs: `tail -f` it to follow a run that takes an hour.
+        log = (keep or Path(scratch)) / f"{name}-seed{seed}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        result = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
+        with log.open("w") as output:
+            result = subprocess.run(["dvc", "repro"], cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - started
-        if keep is not None:
-            log = keep / f"{name}-seed{seed}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(result.stdout + result.stderr)
         if result.returncode != 0:
-            lines = (result.stderr or result.stdout).strip().splitlines()
+            # The last line that is not a progress bar: DVC's or the stage's one-line error.
+            text = log.read_text().replace("\r", "\n")
+            lines = [line for line in text.splitlines() if line.strip() and "%|" not in line]
             return Run(name, seed, None, None, None, wall, lines[-1] if lines else f"exit {result.returncode}")
         evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
         training = json.loads((project / "metrics" / "train.json").read_text())

@@ -1,5 +1,6 @@
 """The benchmark must keep running as the library changes (its numbers are not checked here)."""
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -35,6 +36,35 @@ def test_train_speed_bench_runs_both_loops_and_prints_the_speedup_line(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup_vs_notebook_loop: \d+\.\d\d", lines[-1])
+    assert re.fullmatch(r"time_to_dice_vs_notebook: \d+\.\d\d", lines[-2])
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("notebook_loop ", "pipeline "))}
     assert set(rows) == {"notebook_loop", "pipeline"}
     assert all(float(row[1]) > 0 for row in rows.values())  # images/s
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", PROJECT_ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_bench_reads_configurations_and_summarises_seeds_in_the_order_run():
+    quality = load_bench("quality")
+    assert quality.parse_config("lite0: model.encoder=tu-x, model.encoder_weights=null, train.lr=1e-3") == (
+        "lite0",
+        {"model.encoder": "tu-x", "model.encoder_weights": None, "train.lr": 0.001},
+    )
+    assert quality.parse_config("default") == ("default", {})
+    runs = [
+        quality.Run("b", 1, 0.80, 0.78, 20, 600),
+        quality.Run("a", 1, 0.90, 0.88, 10, 900),
+        quality.Run("b", 2, 0.84, 0.80, 22, 660),
+        quality.Run("a", 2, None, None, None, 30, "ERROR: out of memory"),
+    ]
+    text = quality.table(runs, "header")
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[1] for row in rows[1:5]] == ["b", "a", "b", "a (failed: ERROR: out of memory)"]
+    assert "| b | 2 | 0.8200 ± 0.0283 | 0.7900 | 10.5 |" in text  # sample standard deviation
+    assert "| a | 1 | 0.9000 (one seed) | 0.8800 | 15.0 |" in text
