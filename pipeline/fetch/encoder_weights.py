@@ -39,7 +39,7 @@ def _download(cfg: ModelConfig) -> torch.nn.Module:
             f"could not get pretrained weights model.encoder_weights={cfg.encoder_weights!r} for "
             f"model.encoder={cfg.encoder!r}: {type(exc).__name__}: {exc}\n"
             "They come from the Hugging Face hub. Offline, set model.encoder_weights to a local weights "
-            "file (.pth or .safetensors) or to null (random initialisation), "
+            "file (a name ending in .pth, .pt or .safetensors) or to null (random initialisation), "
             "e.g. `dvc exp run -S model.encoder_weights=null`."
         ) from None
 
