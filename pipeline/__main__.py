@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 from .core.errors import PipelineError
-from .core.stage import EXIT_USER_ERROR
+from .core.images import INFERENCE_BATCH
+from .core.stage import EXIT_INTERRUPTED, EXIT_USER_ERROR, printable_names
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--threshold", type=float, help="probability cut-off (default: the one evaluate chose for the model)"
     )
-    predict.add_argument("--batch-size", type=int, default=8)
+    predict.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=INFERENCE_BATCH,
+        help="images decoded and run together, at most MAX_IMAGE_PIXELS pixels between them (default: %(default)s)",
+    )
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
@@ -37,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    printable_names()
     try:
         if args.command == "predict":
             from .serve.predict import run
@@ -60,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"{args.command}: interrupted; the files written so far are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

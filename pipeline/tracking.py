@@ -55,6 +55,24 @@ def _check_server(uri: str) -> None:
             "Start the server, or unset MLFLOW_TRACKING_URI to use the project's local store "
             f"({TRACKING_DB}). Nothing was trained."
         ) from None
+    # A server with logins (`make tracking-server`) answers /health to anyone: ask as this client.
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    login = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user else None
+    try:
+        status = requests.get(
+            f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+            params={"max_results": 1},
+            auth=login,
+            timeout=HEALTH_TIMEOUT_S,
+        ).status_code
+    except requests.RequestException:
+        return  # answered /health a moment ago; MLflow's own client reports anything further
+    if status in (401, 403):
+        who = f"the account {user!r}" if user else "a client without an account"
+        raise TrackingError(
+            f"MLflow tracking server {uri} refused {who} (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to your account on it (README, Working as a team). Nothing was trained."
+        )
 
 
 def connect(experiment: str) -> str:

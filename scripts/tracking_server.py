@@ -1,25 +1,32 @@
-"""A team MLflow tracking server: PostgreSQL backend store, served artifact store, on loopback.
+"""A team MLflow tracking server: PostgreSQL backend store, served artifact store, logins, on loopback.
 
     python scripts/tracking_server.py start    # or: make tracking-server
     python scripts/tracking_server.py status
+    python scripts/tracking_server.py add-user NAME   # an account for a colleague; prints its password
     python scripts/tracking_server.py stop     # or: make tracking-server-stop
 
 Everything lives in one folder (``--dir``, default ``.tracking/`` in the project):
 
     pgdata/          a private PostgreSQL cluster (initdb), listening on 127.0.0.1 only, no Unix socket
     pgpass           the generated database password (mode 600), handed to MLflow through PGPASSFILE
+    admin-password   the generated password of MLflow's ``admin`` account (mode 600): every client
+                     must log in (MLflow's basic-auth app); the admin creates colleagues' accounts
+    basic_auth.ini, flask-secret   the login app's settings (users live in the database ``mlflow_auth``)
     artifacts/       the artifact store MLflow serves (``--artifacts-destination``; may be s3://... instead)
     postgres.log, mlflow.log, server.json (what is running, for stop and status)
 
 A private cluster rather than Debian's ``main`` one: it needs no system-wide configuration,
 any number can run side by side on free ports (the tests start their own), and deleting
-the folder removes every trace. As root, PostgreSQL's programs run as the ``postgres``
-user (they refuse to run as root), so the folder must be reachable by that user.
+the folder removes every trace. The folder is mode 700 and the secrets in it are created
+with mode 600 (never readable by others, not even for a moment). As root, PostgreSQL's
+programs run as the ``postgres`` user (they refuse to run as root), so the folder belongs
+to that user and its parents must be reachable by it.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -36,7 +43,12 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATABASE = "mlflow"
+AUTH_DATABASE = "mlflow_auth"  # MLflow's users and permissions
 DB_USER = "mlflow"
+ADMIN_USER = "admin"
+# What an account may do with experiments and models it did not create: the whole team works in
+# one experiment and one registered model. READ keeps them to their own (then grant per user).
+DEFAULT_PERMISSION = "EDIT"
 START_TIMEOUT_S = 180  # the first start creates MLflow's schema: ~30 migrations, slow on a small machine
 STOP_TIMEOUT_S = 30
 LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
@@ -57,6 +69,18 @@ class Layout:
     @property
     def pgpass(self) -> Path:
         return self.root / "pgpass"
+
+    @property
+    def admin_password(self) -> Path:
+        return self.root / "admin-password"
+
+    @property
+    def flask_secret(self) -> Path:
+        return self.root / "flask-secret"
+
+    @property
+    def auth_config(self) -> Path:
+        return self.root / "basic_auth.ini"
 
     @property
     def postgres_log(self) -> Path:
@@ -81,10 +105,40 @@ class State:
     mlflow_pid: int
     pg_port: int
     pgpass: str
+    admin_user: str = ADMIN_USER
+    admin_password_file: str = ""
 
     @classmethod
     def load(cls, path: Path) -> State | None:
         return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only from the first byte on (no chmod after the fact)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def secret(path: Path) -> str:
+    """The secret stored in ``path``, generated on first use."""
+    if not path.exists():
+        write_secret(path, secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
+def private_folder(root: Path) -> None:
+    """``root`` with mode 700; as root, owned by the postgres user, which must reach the cluster in it."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    give_to_postgres_user(root)
+    if os.geteuid() == 0:
+        reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(root)])
+        if reachable.returncode != 0:
+            raise ServerError(
+                f"{root} is not reachable by the postgres user (PostgreSQL runs as that user when "
+                "started by root): choose a --dir whose parent folders are world-executable, e.g. under /srv or /tmp"
+            )
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -136,22 +190,15 @@ def init_cluster(layout: Layout, pg_bin: Path) -> None:
     """Create the cluster once: password auth over TCP on 127.0.0.1, no Unix socket."""
     if (layout.pgdata / "PG_VERSION").exists():
         return
-    layout.root.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        reachable = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(layout.root)])
-        if reachable.returncode != 0:
-            raise ServerError(
-                f"{layout.root} is not reachable by the postgres user (PostgreSQL runs as that user when "
-                "started by root): choose a --dir whose parent folders are world-executable, e.g. under /srv or /tmp"
-            )
     password = secrets.token_urlsafe(24)
-    layout.pgpass.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
-    layout.pgpass.chmod(0o600)  # libpq ignores a password file others can read
-    shutil.rmtree(layout.pgdata, ignore_errors=True)  # no PG_VERSION: what is there is a failed initdb
+    # No PG_VERSION: what is there is a failed initdb, and its password went with it.
+    layout.pgpass.unlink(missing_ok=True)
+    write_secret(layout.pgpass, f"127.0.0.1:*:*:{DB_USER}:{password}\n")  # libpq ignores one others can read
+    shutil.rmtree(layout.pgdata, ignore_errors=True)
     layout.pgdata.mkdir(mode=0o700)
     pwfile = layout.root / "initdb-password"
-    pwfile.write_text(password + "\n")
-    pwfile.chmod(0o600)
+    pwfile.unlink(missing_ok=True)
+    write_secret(pwfile, password + "\n")
     give_to_postgres_user(layout.pgdata, pwfile)
     try:
         run_checked(
@@ -229,10 +276,11 @@ def connect_postgres(layout: Layout, port: int, dbname: str):
     )
 
 
-def create_database(layout: Layout, port: int) -> None:
+def create_databases(layout: Layout, port: int) -> None:
     with connect_postgres(layout, port, "postgres") as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        for name in (DATABASE, AUTH_DATABASE):
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(f'CREATE DATABASE "{name}"')
 
 
 # --- MLflow ---------------------------------------------------------------------------------
@@ -250,12 +298,29 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
     url = f"http://{args.host}:{args.port}"
     if healthy(url):
         raise ServerError(f"something already answers at {url}: stop it, or choose another --port")
-    env = dict(os.environ, PGPASSFILE=str(layout.pgpass))  # the password stays out of the command line
+    layout.auth_config.unlink(missing_ok=True)
+    write_secret(
+        layout.auth_config,
+        "[mlflow]\n"
+        f"default_permission = {DEFAULT_PERMISSION}\n"
+        f"database_uri = postgresql+psycopg://{DB_USER}@127.0.0.1:{args.pg_port}/{AUTH_DATABASE}\n"
+        f"admin_username = {ADMIN_USER}\n",
+    )
+    # Passwords and keys reach MLflow through the environment, never the command line or a shared file.
+    env = dict(
+        os.environ,
+        PGPASSFILE=str(layout.pgpass),
+        MLFLOW_AUTH_CONFIG_PATH=str(layout.auth_config),
+        MLFLOW_AUTH_ADMIN_PASSWORD=secret(layout.admin_password),
+        MLFLOW_FLASK_SERVER_SECRET_KEY=secret(layout.flask_secret),
+    )
     command = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
+        "--app-name",
+        "basic-auth",  # every request must carry an account's user name and password
         "--backend-store-uri",
         backend_uri,
         "--artifacts-destination",
@@ -315,10 +380,11 @@ def start(args: argparse.Namespace) -> None:
         print(f"already running: export MLFLOW_TRACKING_URI={state.tracking_uri}")
         return
     pg_bin = postgres_bin()
+    private_folder(layout.root)
     init_cluster(layout, pg_bin)
     start_postgres(layout, pg_bin, args.pg_port)
     try:
-        create_database(layout, args.pg_port)
+        create_databases(layout, args.pg_port)
         artifacts = args.artifacts_destination or str(layout.root / "artifacts")
         backend_uri = f"postgresql+psycopg://{DB_USER}@127.0.0.1:{args.pg_port}/{DATABASE}"
         pid = start_mlflow(layout, args, backend_uri, artifacts)
@@ -327,9 +393,24 @@ def start(args: argparse.Namespace) -> None:
         raise
     uri = f"http://{'127.0.0.1' if args.host == '0.0.0.0' else args.host}:{args.port}"
     layout.state.write_text(
-        json.dumps(asdict(State(uri, backend_uri, artifacts, pid, args.pg_port, str(layout.pgpass))), indent=2)
+        json.dumps(
+            asdict(
+                State(
+                    uri,
+                    backend_uri,
+                    artifacts,
+                    pid,
+                    args.pg_port,
+                    str(layout.pgpass),
+                    ADMIN_USER,
+                    str(layout.admin_password),
+                )
+            ),
+            indent=2,
+        )
     )
     print(f"MLflow tracking server on {uri} (PostgreSQL 127.0.0.1:{args.pg_port}, artifacts in {artifacts})")
+    print(f"logins required: user {ADMIN_USER}, password in {layout.admin_password}; accounts: see README")
     print(f"export MLFLOW_TRACKING_URI={uri}")
 
 
@@ -362,10 +443,36 @@ def status(args: argparse.Namespace) -> None:
     sys.exit(0 if ok else 1)
 
 
+def add_user(args: argparse.Namespace) -> None:
+    """An account on the running server, created by its admin, with a generated password."""
+    if not args.name:
+        raise ServerError("add-user needs the new account's name: tracking_server.py add-user NAME")
+    layout = Layout(args.dir.resolve())
+    state = State.load(layout.state)
+    if state is None or not healthy(state.tracking_uri):
+        raise ServerError(f"no tracking server is running from {layout.root}: start it first")
+    password = secrets.token_urlsafe(18)
+    admin = base64.b64encode(f"{state.admin_user}:{secret(layout.admin_password)}".encode()).decode()
+    request = urllib.request.Request(
+        f"{state.tracking_uri}/api/2.0/mlflow/users/create",
+        json.dumps({"username": args.name, "password": password}).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Basic {admin}"},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:300]
+        raise ServerError(f"creating the account {args.name!r} failed: HTTP {exc.code} {detail}") from None
+    print(f"account {args.name!r} created on {state.tracking_uri}; hand these over privately:")
+    print(f"export MLFLOW_TRACKING_USERNAME={args.name}")
+    print(f"export MLFLOW_TRACKING_PASSWORD={password}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("start", "stop", "status"))
+    parser.add_argument("command", choices=("start", "stop", "status", "add-user"))
+    parser.add_argument("name", nargs="?", help="add-user: the new account's name")
     parser.add_argument(
         "--dir",
         type=Path,
@@ -406,7 +513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        {"start": start, "stop": stop, "status": status}[args.command](args)
+        {"start": start, "stop": stop, "status": status, "add-user": add_user}[args.command](args)
     except ServerError as exc:
         print(f"tracking-server: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,15 +1,18 @@
 """Stage fetch: data.source -> data/raw/ (verified), pretrained encoder -> models/pretrained/."""
 
-from pathlib import Path
-
-from pipeline.core import paths
-from pipeline.core.config import load_config
 from pipeline.core.stage import run_stage
-from pipeline.fetch.dataset import fetch_dataset
-from pipeline.fetch.encoder_weights import fetch_pretrained_encoder
 
 
 def main() -> None:
+    # Imported here, under run_stage: Ctrl-C during the seconds torch takes to import is then
+    # an interruption like any other, not a traceback.
+    from pathlib import Path
+
+    from pipeline.core import paths
+    from pipeline.core.config import load_config
+    from pipeline.fetch.dataset import fetch_dataset
+    from pipeline.fetch.encoder_weights import fetch_pretrained_encoder
+
     cfg = load_config()
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
     fetch_dataset(

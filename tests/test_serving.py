@@ -23,12 +23,19 @@ import pytest
 
 from pipeline.core.images import decode_image
 from pipeline.serve.predictor import Predictor, load_predictor
-from pipeline.serve.pyfunc import BadPayload, read_images
+from pipeline.serve.pyfunc import BadPayload, read_image, request_images
 from pipeline.serve.settings import InferenceSettings
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
 from tests.helpers.project import PROJECT_ROOT
 
 THRESHOLD = 0.45
+
+
+def read_images(payload) -> tuple[list[np.ndarray], bool]:
+    items, encoded = request_images(payload)
+    return [read_image(item, index, encoded) for index, item in enumerate(items)], encoded
+
+
 CHAMPION_URI = f"models:/{NAME}@champion"
 
 

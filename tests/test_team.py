@@ -1,8 +1,9 @@
 """Team scale, with the real components: a tracking server on PostgreSQL, a DVC remote, a colleague's clone.
 
-The module starts PostgreSQL and `mlflow server` on free 127.0.0.1 ports through
+The module starts PostgreSQL and `mlflow server` (with logins) on free 127.0.0.1 ports through
 scripts/tracking_server.py (the script `make tracking-server` runs) and stops both at the
-end, pass or fail. A small synthetic dataset keeps the pipeline runs to seconds.
+end, pass or fail. The pipeline runs under a colleague's account, created as the README says.
+A small synthetic dataset keeps the pipeline runs to seconds.
 """
 
 from __future__ import annotations
@@ -89,9 +90,27 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def client(server) -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(server.tracking_uri)
-    return mlflow.MlflowClient(server.tracking_uri)
+def login(server) -> dict[str, str]:
+    """A colleague's account, made with `tracking_server.py add-user`: the environment MLflow clients need."""
+    made = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dir", str(Path(server.pgpass).parent), "add-user", "colleague"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in made.stdout.splitlines() if "=" in line)
+    assert exports["MLFLOW_TRACKING_USERNAME"] == "colleague" and len(exports["MLFLOW_TRACKING_PASSWORD"]) >= 12
+    return {"MLFLOW_TRACKING_URI": server.tracking_uri, **exports}
+
+
+@pytest.fixture(scope="module")
+def client(server, login) -> mlflow.MlflowClient:
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in login.items():
+            patch.setenv(key, value)
+        mlflow.set_tracking_uri(server.tracking_uri)
+        yield mlflow.MlflowClient(server.tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +119,13 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, server, photos):
+def project(tmp_path_factory, server, login, photos):
     """The pipeline run once with `dvc repro` against the server, and the result committed."""
     root = copy_project(tmp_path_factory.mktemp("team-project"))
     params = tiny_params(load_params(root / "params.yaml"), str(photos))
     params["data"]["manifest"] = None
     write_params(root / "params.yaml", params)
-    assert ran_stages(run(root, "dvc", "repro", MLFLOW_TRACKING_URI=server.tracking_uri)) == {
+    assert ran_stages(run(root, "dvc", "repro", **login)) == {
         "fetch",
         "split",
         "train",
@@ -152,7 +171,9 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
 
 
 @pytest.mark.e2e
-def test_registered_version_alias_predict_and_serve_through_the_server(project, server, client, photos, tmp_path):
+def test_registered_version_alias_predict_and_serve_through_the_server(
+    project, server, login, client, photos, tmp_path
+):
     info = run_info(project)
     # The evaluate stage registers the version and decides its alias (the first one is champion).
     decision = json.loads((project / "models" / "registry.json").read_text())
@@ -178,7 +199,7 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
         f"models:/{MODEL}@team-review",
         "--out",
         str(tmp_path / "masks"),
-        MLFLOW_TRACKING_URI=server.tracking_uri,
+        **login,
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     for image in images:
@@ -202,7 +223,7 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
             "-p",
             str(port),
         ],
-        env=environment(project, MLFLOW_TRACKING_URI=server.tracking_uri),
+        env=environment(project, **login),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -228,7 +249,7 @@ def test_registered_version_alias_predict_and_serve_through_the_server(project, 
 
 
 @pytest.mark.e2e
-def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, photos, tmp_path):
+def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, login, photos, tmp_path):
     remote = tmp_path / "dvc-remote"
     assert run(project, "dvc", "remote", "add", "-d", "team", str(remote)).returncode == 0
     subprocess.run([*GIT, "commit", "-qam", "DVC remote"], cwd=project, check=True)
@@ -243,7 +264,7 @@ def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, p
     assert pulled.returncode == 0, pulled.stderr
     assert (clone / "models" / "best.pt").read_bytes() == (project / "models" / "best.pt").read_bytes()
 
-    assert ran_stages(run(clone, "dvc", "repro", MLFLOW_TRACKING_URI=server.tracking_uri)) == set()
+    assert ran_stages(run(clone, "dvc", "repro", **login)) == set()
     assert "Data and pipelines are up to date" in run(clone, "dvc", "status").stdout
 
     images = sorted((photos / "images").glob("*.jpg"))[:2]
@@ -263,8 +284,8 @@ def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, p
 
 
 @pytest.mark.e2e
-def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project, server, client):
-    run_queued_experiments(project, ["0.002", "0.004"], MLFLOW_TRACKING_URI=server.tracking_uri)
+def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project, server, login, client):
+    run_queued_experiments(project, ["0.002", "0.004"], **login)
     experiment = client.get_experiment_by_name("human-segmentation").experiment_id
     runs = [r for r in client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
@@ -275,6 +296,31 @@ def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project,
         assert "test_dice" in found.data.metrics
     versions = {v.run_id for v in client.search_model_versions(f"name='{MODEL}'")}
     assert {r.info.run_id for r in runs} <= versions
+
+
+def test_unauthenticated_clients_are_refused_and_secrets_are_private(server, login, tmp_path):
+    search = f"{server.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert requests.get(search, timeout=30).status_code == 401
+    assert requests.get(search, auth=("colleague", "wrong-password-123"), timeout=30).status_code == 401
+    account = (login["MLFLOW_TRACKING_USERNAME"], login["MLFLOW_TRACKING_PASSWORD"])
+    assert requests.get(search, auth=account, timeout=30).status_code == 200
+    # A colleague's account cannot make accounts: only the admin can.
+    made = requests.post(
+        f"{server.tracking_uri}/api/2.0/mlflow/users/create",
+        json={"username": "intruder", "password": "p" * 16},
+        auth=account,
+        timeout=30,
+    )
+    assert made.status_code == 403
+    # The pipeline without an account stops before training, in one line that says what to set.
+    project = copy_project(tmp_path / "project")
+    trained = run(project, sys.executable, "stages/train.py", MLFLOW_TRACKING_URI=server.tracking_uri)
+    assert trained.returncode == 2 and "Traceback" not in trained.stderr
+    assert "MLFLOW_TRACKING_USERNAME" in trained.stderr.strip().splitlines()[-1]
+    folder = Path(server.pgpass).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for secret in (folder / "admin-password", folder / "pgpass", folder / "flask-secret"):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
 
 
 def test_start_without_postgresql_says_how_to_install_it(tmp_path):

@@ -9,7 +9,7 @@ together, each by its dotted key, before any stage does work.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -37,6 +37,19 @@ class DataConfig(_Section):
     palette: list[list[int]] | None
     on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
+
+    @field_validator("layout")
+    @classmethod
+    def _inside_the_dataset(cls, value: str) -> str:
+        # The named files are read from the dataset; a path out of it would read any file on the machine.
+        for name in value.partition(":")[2].split(",") if ":" in value else ():
+            path = PurePosixPath(name.replace("\\", "/"))
+            if path.is_absolute() or ".." in path.parts or Path(name).is_absolute():
+                raise ValueError(
+                    f"{name!r} must be a path relative to the dataset's top folder, inside it "
+                    "(e.g. csv:lists/train.csv)"
+                )
+        return value
 
     @field_validator("classes")
     @classmethod
@@ -183,6 +196,10 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def parse_config(raw: Any, origin: str = "params") -> Config:
+    if not isinstance(raw, dict):
+        sections = ", ".join(Config.model_fields)
+        got = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
+        raise ConfigError(f"{origin} must map the sections {sections} to their keys; it holds {got} (see the README)")
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -197,6 +214,11 @@ def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
         raw = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (run from the project root)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
     except YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     return parse_config(raw, origin=str(path))

@@ -16,8 +16,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def printable_names() -> None:
+    """File names need not be UTF-8 (they reach Python with surrogate escapes): print them escaped
+    rather than fail on them with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def run_stage(name: str, main: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    printable_names()
     try:
         main()
     except PipelineError as exc:

@@ -18,6 +18,7 @@ import mlflow
 
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
+from ..serve.predictor import CHECKPOINT_ARTIFACT
 from ..serve.settings import InferenceSettings
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -118,7 +119,7 @@ def register_model(
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=pyfunc.__file__,
-            artifacts={"checkpoint": str(checkpoint), "model_card": str(card)},
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), "model_card": str(card)},
             model_config={
                 "threshold": settings.threshold,
                 "tta": settings.tta,

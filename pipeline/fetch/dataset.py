@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from ..core.errors import FetchError
 from ..core.files import atomic_dir, read_json, sha256_file
-from . import archive, synthetic
+from . import archive, folder, synthetic
 from .download import DownloadError, download
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
@@ -121,7 +121,7 @@ def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
         if not path.exists():
             raise FetchError(f"data.source: {source} does not exist (resolved to {path.resolve()}).\n{OFFLINE_HINT}")
         if path.is_dir():
-            shutil.copytree(path, workdir)
+            folder.copy_folder(path, workdir)
         elif archive.is_archive(path):
             _extract(path, workdir)
         else:
@@ -129,6 +129,7 @@ def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
                 f"data.source: {source} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive"
             )
     _remove_junk(workdir)
+    _check_names(workdir, source)
     entries = list(workdir.iterdir())
     # Archives usually wrap the dataset in one top folder (GitHub: <repo>-<branch>/).
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else workdir
@@ -141,6 +142,19 @@ def _extract(path: Path, workdir: Path) -> None:
         raise FetchError(str(exc)) from None
     except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
         raise FetchError(f"{path}: cannot read archive ({exc})") from None
+
+
+def _check_names(root: Path, source: str) -> None:
+    """Every name must be text: manifests, reports, MLflow and DVC all store names as UTF-8."""
+    for path in root.rglob("*"):
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path.relative_to(root)).decode("utf-8", "backslashreplace")
+            raise FetchError(
+                f"data.source: {source} holds a file name that is not valid UTF-8: {shown}; rename it "
+                "(e.g. `convmv -f latin1 -t utf8 -r --notest DIR`)"
+            ) from None
 
 
 def _remove_junk(root: Path) -> None:

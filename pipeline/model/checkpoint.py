@@ -50,7 +50,14 @@ def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network from a checkpoint, offline; returns it in eval mode with the metadata."""
     payload = read_checkpoint(path)
-    model = build_model(ModelConfig(**payload["model_config"]), checkpoint_classes(payload))
+    try:
+        model = build_model(ModelConfig(**payload["model_config"]), checkpoint_classes(payload))
+    except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        detail = str(exc).splitlines()[0]
+        raise ModelError(
+            f"{path}: its metadata does not describe a model this pipeline can build ({detail}); "
+            "use a checkpoint written by the train stage"
+        ) from None
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

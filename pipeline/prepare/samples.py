@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..core.classes import ClassSpec, Colour
-from ..core.images import decode_image
+from ..core.errors import DataError
+from ..core.images import check_pixels, decode_image
 from .layouts import Pair
 from .report import BadSample, Repair
 
@@ -47,13 +48,17 @@ def _check_decodable(data: bytes, path) -> np.ndarray:
     if not data:
         raise _Rejected("empty_file", path, "empty file (0 bytes)")
     try:
+        check_pixels(data, path)
+    except DataError as exc:
+        raise _Rejected("too_large", path, str(exc).removeprefix(f"{path}: ")) from None
+    try:
         # Some OpenCV versions decode a truncated JPEG without complaint, filling the rest
         # with grey; Pillow's full decode always notices.
         with Image.open(io.BytesIO(data)) as image:
             image.load()
     except UnidentifiedImageError:
         pass  # not a format Pillow knows: OpenCV decides below
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise _Rejected("truncated", path, f"truncated or corrupt image ({exc})") from None
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
@@ -95,7 +100,10 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
     raw = _check_decodable(data, path)
     repairs = _conversions(raw)
     orientation = _exif_orientation(data)
-    upright = decode_image(data, path)
+    try:
+        upright = decode_image(data, path)
+    except DataError as exc:
+        raise _Rejected("unreadable", path, str(exc).removeprefix(f"{path}: ")) from None
     if orientation == 1:
         return upright, repairs
     stored = raw.shape[:2]

@@ -14,7 +14,7 @@ from ..core.errors import DataError
 from ..core.files import write_png
 from ..core.images import IMAGE_SUFFIXES, decode_image
 from .palette import overlay_colours
-from .predictor import Predictor, load_predictor
+from .predictor import Predictor, image_batches, load_predictor
 
 
 def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -41,34 +41,42 @@ def overlay(image: np.ndarray, classes_map: np.ndarray, classes: ClassSpec) -> n
     return blended.astype(np.uint8)
 
 
+def _output_names(stem: str, with_overlay: bool, used: set[str]) -> tuple[str, ...]:
+    """``<stem>.png`` (and ``<stem>_overlay.png``), with ``_`` added to the stem until no earlier
+    output has either name: the same stem in two folders, or ``x.jpg`` beside ``x_overlay.jpg``."""
+    while True:
+        names = (f"{stem}.png", f"{stem}_overlay.png") if with_overlay else (f"{stem}.png",)
+        if used.isdisjoint(names):
+            used.update(names)
+            return names
+        stem += "_"
+
+
 def predict_files(
     predictor: Predictor, files: list[Path], out_dir: Path, *, batch_size: int = 8, with_overlay: bool = False
 ) -> tuple[list[Path], list[str]]:
     """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``;
-    bad files are reported, not fatal."""
+    bad files are reported, not fatal: the others still get their masks."""
     written: list[Path] = []
     failures: list[str] = []
-    used_names: set[str] = set()
+    used: set[str] = set()
     progress = tqdm(total=len(files), desc="predict", unit="image")
-    for start in range(0, len(files), batch_size):
-        batch: list[tuple[Path, np.ndarray]] = []
-        for path in files[start : start + batch_size]:
+
+    def decoded() -> Iterator[tuple[Path, np.ndarray]]:
+        for path in files:
             try:
-                batch.append((path, decode_image(path.read_bytes(), path)))
+                yield path, decode_image(path.read_bytes(), path)
             except (DataError, OSError) as exc:
-                failures.append(f"{path}: {exc}" if isinstance(exc, OSError) else str(exc))
+                failures.append(f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
                 progress.update(1)
-        if not batch:
-            continue
+
+    for batch in image_batches(decoded(), batch_size):
         for (path, image), classes_map in zip(batch, predictor.class_maps([image for _, image in batch]), strict=True):
-            name = path.stem
-            while name in used_names:  # same stem from two folders: keep both
-                name += "_"
-            used_names.add(name)
-            write_png(out_dir / f"{name}.png", predictor.mask_values(classes_map))
+            names = _output_names(path.stem, with_overlay, used)
+            write_png(out_dir / names[0], predictor.mask_values(classes_map))
             if with_overlay:
-                write_png(out_dir / f"{name}_overlay.png", overlay(image, classes_map, predictor.classes))
-            written.append(out_dir / f"{name}.png")
+                write_png(out_dir / names[1], overlay(image, classes_map, predictor.classes))
+            written.append(out_dir / names[0])
             progress.update(1)
     progress.close()
     return written, failures
@@ -85,6 +93,12 @@ def run(
     device: str,
 ) -> int:
     files = list(expand_inputs(inputs))
+    if not files:
+        raise DataError(f"no images found in {' '.join(inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"--out {out_dir}: cannot create the folder ({exc.strerror}); choose another") from None
     predictor = load_predictor(model_ref, threshold=threshold, device=device)
     written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
     rule = (

@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 import cv2
 import numpy as np
 import torch
+from ruamel.yaml import YAML, YAMLError
 
 from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.errors import ModelError
+from ..core.files import sha256_file
+from ..core.images import MAX_IMAGE_PIXELS
 from ..model.checkpoint import checkpoint_classes, load_model
 from ..model.inputs import eval_transform
 from ..model.outputs import class_map, class_probabilities, predict_logits
 from .settings import InferenceSettings
 
+T = TypeVar("T")
+
 DEFAULT_THRESHOLD = 0.5
+# The registered model's artifact that holds the weights (see pipeline/evaluate/registry.py).
+CHECKPOINT_ARTIFACT = "checkpoint"
+
+
+def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator[list[tuple[T, np.ndarray]]]:
+    """Consecutive groups of at most ``size`` (key, image) pairs holding at most MAX_IMAGE_PIXELS
+    pixels between them (one image may have that many), so only one group is decoded at a time."""
+    batch: list[tuple[T, np.ndarray]] = []
+    pixels = 0
+    for key, image in images:
+        if batch and (len(batch) == size or pixels + image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS):
+            yield batch
+            batch, pixels = [], 0
+        batch.append((key, image))
+        pixels += image.shape[0] * image.shape[1]
+    if batch:
+        yield batch
 
 
 def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> Predictor:
@@ -46,19 +71,36 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
 
 
 def _registered_predictor(model_ref: str) -> Predictor:
+    """The registered version's checkpoint and inference settings, and nothing else: its code is
+    never imported or run, so a version anyone with registry access logged cannot run code here."""
     import mlflow
 
     from ..tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
-    try:
-        return mlflow.pyfunc.load_model(model_ref).unwrap_python_model().predictor
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelError(f"--model {model_ref}: {exc.message}") from None
-    except AttributeError:
-        raise ModelError(
-            f"--model {model_ref}: not a model registered by this pipeline (no segmentation predictor in it)"
-        ) from None
+    with tempfile.TemporaryDirectory(prefix="unet-predict-") as tmp:
+        try:
+            description = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/MLmodel", dst_path=tmp))
+            spec = YAML(typ="safe", pure=True).load(description.read_text(encoding="utf-8"))
+            pyfunc = spec["flavors"]["python_function"]
+            settings = InferenceSettings(**pyfunc["config"])
+            relative = PurePosixPath(pyfunc["artifacts"][CHECKPOINT_ARTIFACT]["path"])
+            if relative.is_absolute() or ".." in relative.parts:
+                raise ValueError(f"checkpoint path {relative} leaves the model")
+            checkpoint = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/{relative}", dst_path=tmp))
+        except mlflow.exceptions.MlflowException as exc:
+            raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0]}") from None
+        except (KeyError, TypeError, ValueError, YAMLError):
+            raise ModelError(
+                f"--model {model_ref}: not a model registered by this pipeline (it needs a {CHECKPOINT_ARTIFACT!r} "
+                "artifact and threshold/tta/checkpoint_sha256 settings); register it with the evaluate stage"
+            ) from None
+        if sha256_file(checkpoint) != settings.checkpoint_sha256:
+            raise ModelError(
+                f"--model {model_ref}: the checkpoint is not the one its settings were evaluated for "
+                "(SHA-256 differs); register the model again with the evaluate stage"
+            )
+        return Predictor.load(checkpoint, settings)
 
 
 @dataclass(frozen=True)
@@ -73,10 +115,13 @@ class Predictor:
     @classmethod
     def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> Predictor:
         model, meta = load_model(checkpoint)
+        image_size = meta.get("image_size")
+        if not isinstance(image_size, int) or isinstance(image_size, bool) or not 32 <= image_size <= 4096:
+            raise ModelError(f"{checkpoint}: no usable image_size in its metadata (got {image_size!r})")
         target = resolve_device(device)
         classes = checkpoint_classes(meta)
         threshold = settings.threshold if classes.binary else None
-        return cls(model.to(target), int(meta["image_size"]), threshold, settings.tta, target, classes)
+        return cls(model.to(target), image_size, threshold, settings.tta, target, classes)
 
     @torch.no_grad()
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -14,7 +14,10 @@ Request bodies ``mlflow models serve`` accepts (POST /invocations, JSON):
 - ``{"inputs": <N x H x W x 3 (or 4, or no channel axis) pixel values 0-255>}``:
   each answer is an H x W array of the same values.
 
-Anything else is answered with HTTP 400 and a message saying what is wrong with which image.
+Anything else is answered with HTTP 400 and a message saying what is wrong with which image
+(never echoing the request). Images larger than ``MAX_IMAGE_PIXELS`` (pipeline/core/images.py)
+are refused from their header, before decoding; a request is decoded and run ``INFERENCE_BATCH``
+images at a time, so its memory does not grow with its image count.
 """
 
 from __future__ import annotations
@@ -31,18 +34,31 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import DataError
-from pipeline.core.images import decode_image
-from pipeline.serve.predictor import Predictor
+from pipeline.core.images import INFERENCE_BATCH, decode_image
+from pipeline.serve.predictor import CHECKPOINT_ARTIFACT, Predictor, image_batches
 from pipeline.serve.settings import InferenceSettings
 
 IMAGE_COLUMN = "image"
 
 
 class BadPayload(MlflowException):
-    """A request the model cannot answer; MLflow's server turns the error code into HTTP 400."""
+    """A request the model cannot answer; MLflow's server turns the error code into HTTP 400.
+
+    The message is fixed once made: MLflow's scoring server rewrites a model's error message to
+    ``Failed to predict data '<the whole request>'``, which would send megabytes of base64 back
+    (and into its logs)."""
 
     def __init__(self, message: str):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
 
 
 def _pixels(array: np.ndarray, where: str) -> np.ndarray:
@@ -64,18 +80,26 @@ def _decoded(item: str | bytes, where: str) -> np.ndarray:
         data = base64.b64decode(item, validate=True) if isinstance(item, str) else bytes(item)
     except (binascii.Error, ValueError):
         raise BadPayload(f"{where}: not valid base64") from None
+    if not data:
+        raise BadPayload(f"{where}: empty (no image bytes)")
     try:
         return decode_image(data, where)
     except DataError as exc:
         raise BadPayload(str(exc)) from None
 
 
-def read_images(model_input: object) -> tuple[list[np.ndarray], bool]:
-    """The RGB images in a request, and whether they came encoded (so answers are encoded too)."""
+def _listed(names: list) -> str:
+    shown = [str(name)[:40] for name in names[:5]]
+    return ", ".join(shown) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def request_images(model_input: object) -> tuple[list, bool]:
+    """The items of a request (not yet decoded), and whether they came encoded (so answers are encoded too)."""
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN not in model_input.columns:
             raise BadPayload(
-                f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, got columns {list(model_input.columns)}"
+                f"expected a column {IMAGE_COLUMN!r} of base64-encoded images, "
+                f"got columns {_listed(list(model_input.columns))}"
             )
         items = list(model_input[IMAGE_COLUMN])
     elif isinstance(model_input, np.ndarray) and not np.issubdtype(model_input.dtype, np.number):
@@ -95,9 +119,12 @@ def read_images(model_input: object) -> tuple[list[np.ndarray], bool]:
     encoded = [isinstance(item, (str, bytes)) for item in items]
     if any(encoded) and not all(encoded):
         raise BadPayload("mix of encoded images and pixel arrays in one request; send one kind")
-    if all(encoded):
-        return [_decoded(item, f"image {index}") for index, item in enumerate(items)], True
-    return [_pixels(np.asarray(item), f"image {index}") for index, item in enumerate(items)], False
+    return items, all(encoded)
+
+
+def read_image(item: object, index: int, encoded: bool) -> np.ndarray:
+    """One item of a request as an RGB uint8 image."""
+    return _decoded(item, f"image {index}") if encoded else _pixels(np.asarray(item), f"image {index}")
 
 
 def encode_png(mask: np.ndarray) -> str:
@@ -110,14 +137,18 @@ def encode_png(mask: np.ndarray) -> str:
 class SegmentationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         settings = InferenceSettings(**context.model_config)
-        self.predictor = Predictor.load(Path(context.artifacts["checkpoint"]), settings)
+        self.predictor = Predictor.load(Path(context.artifacts[CHECKPOINT_ARTIFACT]), settings)
 
     # model_input is left unannotated on purpose: MLflow would otherwise derive a signature
     # from the annotation and reject the other accepted payload forms before they get here.
     def predict(self, context, model_input, params=None) -> list:
-        images, encoded = read_images(model_input)
-        masks = self.predictor.masks(images)
-        return [encode_png(mask) for mask in masks] if encoded else masks
+        items, encoded = request_images(model_input)
+        decoded = ((index, read_image(item, index, encoded)) for index, item in enumerate(items))
+        answers = []
+        for batch in image_batches(decoded, INFERENCE_BATCH):
+            masks = self.predictor.masks([image for _, image in batch])
+            answers += [encode_png(mask) for mask in masks] if encoded else masks
+        return answers
 
 
 mlflow.models.set_model(SegmentationModel())

@@ -21,6 +21,16 @@ class InferenceSettings:
     tta: bool
     checkpoint_sha256: str
 
+    def __post_init__(self) -> None:
+        # These come from files and registered models anyone may have written: check them.
+        threshold_ok = self.threshold is None or (
+            isinstance(self.threshold, (int, float)) and not isinstance(self.threshold, bool) and 0 < self.threshold < 1
+        )
+        if not threshold_ok or not isinstance(self.tta, bool) or not isinstance(self.checkpoint_sha256, str):
+            raise ValueError(
+                f"threshold must be null or in (0, 1), tta true or false, checkpoint_sha256 a string; got {self}"
+            )
+
     def save_beside(self, checkpoint: Path) -> None:
         write_json(checkpoint.parent / SETTINGS_FILE, asdict(self))
 
