@@ -3,18 +3,60 @@ served model and the tracking server. Each test is one row of docs/reliability.m
 
 from __future__ import annotations
 
+import base64
+import io
 import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zipfile
+import zlib
 from pathlib import Path
 
+import cv2
 import mlflow
+import numpy as np
 import pytest
+import torch
 
 from pipeline.__main__ import main as cli
-from pipeline.core.errors import FetchError
+from pipeline.core.config import DataConfig, SplitConfig, load_config
+from pipeline.core.errors import ConfigError, DataError, FetchError
 from pipeline.core.files import sha256_file
+from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS
+from pipeline.fetch import archive
 from pipeline.fetch.dataset import fetch_dataset
+from pipeline.model.checkpoint import CHECKPOINT_FORMAT
+from pipeline.prepare.preparation import build_split
+from pipeline.serve.predict import predict_files
+from pipeline.serve.predictor import Predictor
+from pipeline.serve.pyfunc import SegmentationModel
+from pipeline.serve.settings import InferenceSettings
 from tests.helpers.datasets import make_dataset
-from tests.helpers.modelstore import NAME, tiny_checkpoint, use_store
+from tests.helpers.httpserver import FileServer
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
+from tests.helpers.project import PROJECT_ROOT, load_params, write_params
+from tests.helpers.serving import post, served
+
+HUGE_SIDE = 20_000  # 400 million pixels: 1.2 GB as RGB once decoded
+
+
+def huge_png(side: int = HUGE_SIDE) -> bytes:
+    """A real side x side RGB PNG of one colour, compressed row by row (never held decoded): about 1 MB."""
+    row = b"\0" + bytes(3 * side)  # filter byte, then black pixels
+    compress = zlib.compressobj(9)
+    data = b"".join(compress.compress(row) for _ in range(side)) + compress.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def fetch(source: Path | str, tmp_path: Path) -> Path:
@@ -74,6 +116,237 @@ def test_named_pipe_in_a_folder_is_refused_not_waited_on(tmp_path: Path):
     os.mkfifo(dataset / "images" / "003.jpg")
     with pytest.raises(FetchError, match=r"images/003.jpg is not a regular file"):
         fetch(dataset, tmp_path)
+
+
+def test_non_utf8_file_name_in_a_dataset_is_named(tmp_path: Path):
+    dataset = make_dataset(tmp_path / "dataset", count=2)
+    os.close(os.open(os.fsencode(dataset / "images") + b"/caf\xe9.jpg", os.O_CREAT | os.O_WRONLY))
+    with pytest.raises(FetchError) as caught:
+        fetch(dataset, tmp_path)
+    assert "file name that is not valid UTF-8: images/caf\\xe9.jpg; rename it" in str(caught.value)
+    assert not (tmp_path / "raw").exists()
+
+
+# --- fetch: an archive source ----------------------------------------------------------------
+
+
+def zeros_entry(bundle: zipfile.ZipFile, name: str, size: int) -> None:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with bundle.open(info, "w", force_zip64=True) as entry:
+        block = bytes(1 << 20)
+        for _ in range(size >> 20):
+            entry.write(block)
+
+
+def test_zip_bomb_is_refused_before_anything_is_written(tmp_path: Path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as bundle:
+        zeros_entry(bundle, "data/images/001.png", 256 << 20)  # 256 MiB of zeros
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(FetchError) as caught:
+        fetch(bomb, tmp_path)
+    message = str(caught.value)
+    assert "entry 'data/images/001.png' expands" in message and "MAX_COMPRESSION_RATIO" in message
+    assert not (tmp_path / "raw").exists() and not list(tmp_path.glob(".raw.*"))
+
+
+def test_tar_gz_bomb_is_refused_before_anything_is_written(tmp_path: Path):
+    sparse = tmp_path / "zeros.bin"
+    with sparse.open("wb") as handle:
+        handle.truncate(256 << 20)  # 256 MiB of zeros, a hole on disk
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as bundle:
+        bundle.add(sparse, "data/masks/001.png")
+    with pytest.raises(FetchError, match=r"its 1 entries \(the largest 'data/masks/001.png'\) expands"):
+        fetch(bomb, tmp_path)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_archive_beyond_the_total_size_limit_is_refused_and_the_limit_can_be_raised(tmp_path: Path, monkeypatch):
+    dataset = make_dataset(tmp_path / "dataset", count=4)
+    bundle = tmp_path / "data.zip"
+    with zipfile.ZipFile(bundle, "w") as out:
+        for path in sorted(dataset.rglob("*.*")):
+            out.write(path, path.relative_to(tmp_path))
+    monkeypatch.setattr(archive, "MAX_EXTRACTED_BYTES", 10_000)
+    with pytest.raises(FetchError, match=r"expands to [\d,]+ bytes, more than the limit of 10,000"):
+        fetch(bundle, tmp_path)
+    monkeypatch.setattr(archive, "MAX_EXTRACTED_BYTES", 10**9)
+    assert len(list(fetch(bundle, tmp_path).rglob("*.png"))) == 4
+
+
+# --- fetch: a download -----------------------------------------------------------------------
+
+
+def zipped_dataset(tmp_path: Path) -> bytes:
+    dataset = make_dataset(tmp_path / "zipped", count=2)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as out:
+        for path in sorted(dataset.rglob("*.*")):
+            out.write(path, path.relative_to(dataset))
+    return buffer.getvalue()
+
+
+def test_tampered_cached_download_is_downloaded_again(tmp_path: Path, capsys):
+    with FileServer() as server:
+        route = server.add("/data.zip", zipped_dataset(tmp_path))
+        fetch(server.url("/data.zip"), tmp_path)
+        (cached,) = (tmp_path / "cache").glob("*-data.zip")
+        cached.write_bytes(b"PK" + cached.read_bytes()[2:-1])  # changed after it was downloaded
+        raw = fetch(server.url("/data.zip"), tmp_path)
+    assert len(route.requests) == 2
+    assert "is not the file that was downloaded; downloading again" in capsys.readouterr().out
+    assert sorted(p.name for p in (raw / "images").iterdir()) == ["000.jpg", "001.jpg"]
+
+
+def test_plain_http_source_is_warned_about(tmp_path: Path, capsys):
+    with FileServer() as server:
+        server.add("/data.zip", zipped_dataset(tmp_path))
+        fetch(server.url("/data.zip"), tmp_path)
+    assert "is plain http: anyone on the way can change the download" in capsys.readouterr().out
+
+
+def project_with(tmp_path: Path, **data: object) -> Path:
+    """A folder with params.yaml (``data`` keys replaced) in which stage scripts can run."""
+    params = load_params()
+    params["data"].update(manifest=None, **data)
+    params["model"].update(encoder="resnet18", encoder_weights=None)
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project / "params.yaml", params)
+    return project
+
+
+def stage(project: Path, name: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "stages" / f"{name}.py")],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_ctrl_c_while_fetch_starts_up_is_one_line(tmp_path: Path):
+    project = project_with(tmp_path, source="synthetic:4")
+    process = stage(project, "fetch")
+    maps = Path(f"/proc/{process.pid}/maps")
+    while process.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # while torch is being imported, which takes seconds
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        "fetch: interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
+    ]
+
+
+def test_ctrl_c_during_a_download_is_one_line_and_keeps_the_partial_file(tmp_path: Path):
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Event()
+
+    def stall() -> None:  # a server that sends the start of a large file, then nothing
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + bytes(100_000))
+        accepted.set()
+        time.sleep(120)
+        connection.close()
+
+    threading.Thread(target=stall, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/data.zip"
+    project = project_with(tmp_path, source=url)
+    process = stage(project, "fetch")
+    assert accepted.wait(120)
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    listener.close()
+    assert process.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("fetch: interrupted;")
+    assert not (project / "data" / "raw").exists()
+    assert [p.suffix for p in (project / "data" / "downloads").iterdir()] == [".part"]
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["csv:/etc/passwd", "folders:/etc,/tmp", "csv:../../outside.csv"])
+def test_layout_path_out_of_the_dataset_is_a_config_error(tmp_path: Path, layout: str):
+    params = load_params()
+    params["data"]["layout"] = layout
+    write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "params.yaml")
+    assert "data.layout:" in str(caught.value) and "must be a path relative to the dataset's top folder" in str(
+        caught.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "it holds nothing (the file is empty)"),
+        (b"- a list\n", "it holds a list"),
+        (b"data: [1\n", "not valid YAML at line 2, column 1"),
+        (b"\xff\xfe data", "cannot be read as UTF-8 text"),
+    ],
+)
+def test_empty_or_malformed_params_file_is_one_line(tmp_path: Path, content: bytes, message: str):
+    (tmp_path / "params.yaml").write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "params.yaml")
+    assert message in str(caught.value) and len(str(caught.value).splitlines()) == 1
+
+
+# --- split -----------------------------------------------------------------------------------
+
+
+def split_config(policy: str) -> tuple[DataConfig, SplitConfig]:
+    data = DataConfig(
+        source="unused",
+        manifest=None,
+        layout="auto",
+        classes=["background", "person"],
+        palette=None,
+        on_bad_sample=policy,
+        image_size=32,
+    )
+    return data, SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=0)
+
+
+def test_decompression_bomb_photo_is_a_bad_sample_like_any_other(tmp_path: Path):
+    raw = make_dataset(tmp_path / "raw", count=10, size=32)
+    (raw / "images" / "009.jpg").unlink()
+    (raw / "images" / "009.png").write_bytes(huge_png())
+    with pytest.raises(DataError, match=r"009.png: image is larger than the limit of 40,000,000 pixels"):
+        build_split(raw, tmp_path / "split", tmp_path / "report.json", *split_config("error"))
+    report = build_split(raw, tmp_path / "split", tmp_path / "report.json", *split_config("skip"))
+    assert report["pairs"]["used"] == 9
+    (skipped,) = report["skipped"]
+    assert skipped["reason"] == "too_large" and skipped["files"][0].endswith("009.png")
+
+
+def test_failed_split_leaves_the_previous_split_whole(tmp_path: Path, monkeypatch):
+    raw = make_dataset(tmp_path / "raw", count=10, size=32)
+    split = tmp_path / "split"
+    build_split(raw, split, tmp_path / "report.json", *split_config("error"))
+    before = {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()}
+    saved = []
+
+    def crash_after_two(handle, array):  # the disk fills up (or Ctrl-C) in the middle of writing
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        saved.append(np.lib.format.write_array(handle, array))
+
+    monkeypatch.setattr(np, "save", crash_after_two)
+    (raw / "images" / "000.jpg").write_bytes((raw / "images" / "001.jpg").read_bytes())
+    with pytest.raises(KeyboardInterrupt):
+        build_split(raw, split, tmp_path / "report.json", *split_config("error"))
+    assert {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".split")]
 
 
 # --- predict: a registered model -------------------------------------------------------------
@@ -159,3 +432,167 @@ def test_predict_refuses_a_registered_checkpoint_that_is_not_the_evaluated_one(s
     assert cli(["predict", str(photos / "images"), "--model", uri, "--out", str(tmp_path / "masks")]) == 2
     (error,) = error_lines(capsys)
     assert "the checkpoint is not the one its settings were evaluated for" in error
+
+
+# --- predict: photos and arguments -----------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    return tiny_checkpoint(tmp_path / "model" / "best.pt")
+
+
+def predict(*args: str | Path) -> int:
+    return cli(["predict", *map(str, args)])
+
+
+def test_predict_on_a_0_byte_image_still_writes_the_good_ones(tmp_path: Path, checkpoint: Path, capsys):
+    photos = make_dataset(tmp_path / "photos", count=3)
+    (photos / "images" / "001.jpg").write_bytes(b"")
+    assert predict(photos / "images", "--model", checkpoint, "--out", tmp_path / "masks", "--batch-size", "3") == 1
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["000.png", "002.png"]
+    assert f"predict: skipped {photos / 'images' / '001.jpg'}: cannot be decoded as an image" in capsys.readouterr().out
+
+
+def test_predict_on_a_huge_image_refuses_it_and_writes_the_others(tmp_path: Path, checkpoint: Path, capsys):
+    photos = make_dataset(tmp_path / "photos", count=2)
+    (photos / "images" / "huge.png").write_bytes(huge_png())
+    assert predict(photos / "images", "--model", checkpoint, "--out", tmp_path / "masks") == 1
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["000.png", "001.png"]
+    out = capsys.readouterr().out
+    assert f"huge.png: image is larger than the limit of {MAX_IMAGE_PIXELS:,} pixels" in out
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file"])
+def test_predict_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, checkpoint: Path, capsys, kind: str):
+    photos = make_dataset(tmp_path / "photos", count=1)
+    (tmp_path / "taken").write_text("not a folder")
+    out = tmp_path / "taken" if kind == "a file" else tmp_path / "taken" / "masks"
+    assert predict(photos / "images", "--model", checkpoint, "--out", out) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"error: --out {out}: cannot create the folder")
+
+
+def test_predict_on_a_checkpoint_with_bad_metadata_is_one_line(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model_config": {"arch": "NoSuchNet"}, "state_dict": {}}, bad)
+    photos = make_dataset(tmp_path / "photos", count=1)
+    assert predict(photos / "images", "--model", bad, "--out", tmp_path / "masks") == 2
+    (error,) = error_lines(capsys)
+    assert error.startswith(f"error: {bad}: its metadata does not describe a model this pipeline can build")
+
+
+def test_predict_on_an_empty_folder_says_no_images_were_found(tmp_path: Path, checkpoint: Path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict(tmp_path / "empty", "--model", checkpoint, "--out", tmp_path / "masks") == 2
+    assert f"error: no images found in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
+def test_predict_overlay_names_never_collide(tmp_path: Path, checkpoint: Path):
+    photos = make_dataset(tmp_path / "photos", count=2)
+    (photos / "images" / "000.jpg").rename(photos / "images" / "x.jpg")
+    (photos / "images" / "001.jpg").rename(photos / "images" / "x_overlay.jpg")
+    assert predict(photos / "images", "--model", checkpoint, "--out", tmp_path / "masks", "--overlay") == 0
+    written = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert written == ["x.png", "x_overlay.png", "x_overlay_.png", "x_overlay__overlay.png"]
+    # Each mask is a mask (one channel) and each overlay a photo (three), whatever the names suggest.
+    channels = {name: cv2.imread(str(tmp_path / "masks" / name), cv2.IMREAD_UNCHANGED).ndim for name in written}
+    assert channels == {"x.png": 2, "x_overlay.png": 3, "x_overlay_.png": 2, "x_overlay__overlay.png": 3}
+
+
+def test_predict_on_a_non_utf8_file_name_writes_its_mask(tmp_path: Path, checkpoint: Path):
+    photos = make_dataset(tmp_path / "photos", count=1)
+    os.rename(photos / "images" / "000.jpg", os.fsencode(photos / "images") + b"/caf\xe9.jpg")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", str(photos / "images"), "--model", str(checkpoint)]
+        + ["--out", str(tmp_path / "masks")],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert os.listdir(os.fsencode(tmp_path / "masks")) == [b"caf\xe9.png"]
+
+
+def forward_batches(predictor: Predictor) -> list[int]:
+    """Records the batch size of every forward pass of the predictor's network."""
+    sizes: list[int] = []
+    predictor.model.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+def test_predict_runs_many_images_in_bounded_batches(tmp_path: Path, checkpoint: Path):
+    photos = make_dataset(tmp_path / "photos", count=20, size=32)
+    predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    sizes = forward_batches(predictor)
+    files = sorted((photos / "images").iterdir())
+    written, failures = predict_files(predictor, files, tmp_path / "masks", batch_size=INFERENCE_BATCH)
+    assert len(written) == 20 and not failures
+    assert sizes == [8, 8, 4]
+
+
+# --- the served model ------------------------------------------------------------------------
+
+
+def test_served_model_runs_a_request_of_many_images_in_bounded_batches(checkpoint: Path):
+    model = SegmentationModel()
+    model.predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    sizes = forward_batches(model.predictor)
+    _, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
+    answers = model.predict(None, np.array([base64.b64encode(png.tobytes()).decode()] * 400))
+    assert len(answers) == 400 and max(sizes) == INFERENCE_BATCH and sum(sizes) == 400
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory):
+    """The champion of a store behind `mlflow models serve`, for the whole module."""
+    root = tmp_path_factory.mktemp("served")
+    register(root, tiny_checkpoint(root / "best.pt"), threshold=0.5)
+    with served(f"models:/{NAME}/1", f"sqlite:///{root / 'mlflow.db'}", root / "server.log") as running:
+        yield running
+
+
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM: the most resident memory the process ever had."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+
+
+def model_processes(leader: int) -> list[int]:
+    """The serving processes: the leader's whole process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
+                found.append(int(entry.name))
+        except ProcessLookupError:
+            pass
+    return found
+
+
+def test_served_model_refuses_a_20000x20000_png_without_decoding_it(serving):
+    base, process = serving
+    pids = model_processes(process.pid)
+    before = {pid: peak_rss_kib(pid) for pid in pids}
+    png = huge_png()
+    assert len(png) < 2 << 20
+    status, answer = post(f"{base}/invocations", {"inputs": [base64.b64encode(png).decode()]})
+    grown_mib = max(peak_rss_kib(pid) - before[pid] for pid in pids) / 1024
+    assert status == 400 and answer["message"].startswith("image 0: image is larger than the limit of")
+    assert grown_mib < 100, f"a worker's peak memory grew by {grown_mib:.0f} MiB"
+
+
+def test_served_model_names_an_empty_image(serving):
+    status, answer = post(f"{serving[0]}/invocations", {"inputs": ["aGk=", ""]})
+    assert status == 400 and answer["message"] == "image 0: cannot be decoded as an image"
+    status, answer = post(f"{serving[0]}/invocations", {"inputs": [""]})
+    assert status == 400 and answer["message"] == "image 0: empty (no image bytes)"
+
+
+def test_served_model_errors_never_echo_the_request(serving):
+    junk = base64.b64encode(os.urandom(300_000)).decode()
+    status, answer = post(f"{serving[0]}/invocations", {"inputs": [junk]})
+    assert status == 400 and answer["message"] == "image 0: cannot be decoded as an image"
+    status, answer = post(f"{serving[0]}/invocations", {"dataframe_split": {"columns": [junk], "data": [["x"]]}})
+    assert status == 400 and junk[:100] not in answer["message"] and len(answer["message"]) < 300

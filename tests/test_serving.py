@@ -3,18 +3,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import zipfile
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -26,17 +16,15 @@ from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.serve.pyfunc import BadPayload, read_image, request_images
 from pipeline.serve.settings import InferenceSettings
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
-from tests.helpers.project import PROJECT_ROOT
+from tests.helpers.serving import post, served
 
 THRESHOLD = 0.45
+CHAMPION_URI = f"models:/{NAME}@champion"
 
 
 def read_images(payload) -> tuple[list[np.ndarray], bool]:
     items, encoded = request_images(payload)
     return [read_image(item, index, encoded) for index, item in enumerate(items)], encoded
-
-
-CHAMPION_URI = f"models:/{NAME}@champion"
 
 
 @pytest.fixture(scope="module")
@@ -122,95 +110,25 @@ def test_grayscale_and_rgba_arrays_become_rgb():
     assert not encoded and [image.shape for image in images] == [(5, 6, 3), (5, 6, 3)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _post(url: str, body: object) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
 @pytest.fixture
 def server(store, tmp_path):
-    """`mlflow models serve` on a free loopback port; stopped (its whole process group) whatever the outcome."""
-    root, _ = store
-    port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "PYTHONPATH": str(PROJECT_ROOT),
-        # MLflow starts `uvicorn` by name: this interpreter's environment must come first on PATH.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            CHAMPION_URI,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not come up:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    """`mlflow models serve` of the champion on a free loopback port."""
+    with served(CHAMPION_URI, f"sqlite:///{store[0] / 'mlflow.db'}", tmp_path / "server.log") as (base, _):
         yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group is gone if the server died
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_served_model_answers_invocations_and_rejects_bad_payloads(server, photo, reference):
-    status, answer = _post(f"{server}/invocations", {"inputs": [base64.b64encode(photo).decode()]})
+    status, answer = post(f"{server}/invocations", {"inputs": [base64.b64encode(photo).decode()]})
     assert status == 200, answer
     mask = decode_image(base64.b64decode(answer["predictions"][0]), "answer")[:, :, 0]
     assert np.array_equal(mask, reference.masks([decode_image(photo, "photo")])[0])
 
-    status, answer = _post(f"{server}/invocations", {"inputs": np.zeros((1, 33, 47, 3)).tolist()})
+    status, answer = post(f"{server}/invocations", {"inputs": np.zeros((1, 33, 47, 3)).tolist()})
     assert status == 200 and np.asarray(answer["predictions"]).shape == (1, 33, 47)
 
-    status, answer = _post(f"{server}/invocations", {"inputs": ["not base64!"]})
+    status, answer = post(f"{server}/invocations", {"inputs": ["not base64!"]})
     assert status == 400 and "image 0: not valid base64" in answer["message"]
-    status, answer = _post(f"{server}/invocations", {"dataframe_split": {"columns": ["photo"], "data": [["x"]]}})
+    status, answer = post(f"{server}/invocations", {"dataframe_split": {"columns": ["photo"], "data": [["x"]]}})
     assert status == 400 and "expected a column 'image'" in answer["message"]
-    status, answer = _post(f"{server}/invocations", {"something": 1})
+    status, answer = post(f"{server}/invocations", {"something": 1})
     assert status == 400

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..core.errors import FetchError
-from ..core.files import atomic_dir, read_json, sha256_file
+from ..core.files import atomic_dir, read_json, sha256_file, write_json
 from . import archive, folder, synthetic
 from .download import DownloadError, download
 
@@ -99,6 +99,7 @@ def _fetch_verified(source: str, staging: Path, *, manifest: Path | None, cache_
             if is_url(source):
                 # A corrupt cached download must not be reused by the next attempt.
                 _cached_download(source, cache_dir).unlink(missing_ok=True)
+                _cache_record(_cached_download(source, cache_dir)).unlink(missing_ok=True)
             raise
 
 
@@ -107,14 +108,40 @@ def _cached_download(url: str, cache_dir: Path) -> Path:
     return cache_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
+def _cache_record(cached: Path) -> Path:
+    """Size and SHA-256 of a cached download, recorded when it was downloaded."""
+    return cached.with_name(cached.name + ".json")
+
+
+def _cache_intact(cached: Path) -> bool:
+    """Whether ``cached`` is still the file that was downloaded; a changed or unrecorded one is dropped."""
+    if not cached.exists():
+        return False
+    try:
+        record = read_json(_cache_record(cached))
+        intact = record["bytes"] == cached.stat().st_size and record["sha256"] == sha256_file(cached)
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        print(f"fetch: the cached download {cached} is not the file that was downloaded; downloading again")
+        cached.unlink()
+    return intact
+
+
 def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
     if is_url(source):
+        if urlparse(source).scheme == "http":
+            print(
+                f"fetch: warning: data.source {source} is plain http: anyone on the way can change the download. "
+                "Use https, or check the files with data.manifest."
+            )
         cached = _cached_download(source, cache_dir)
-        if not cached.exists():
+        if not _cache_intact(cached):
             try:
                 download(source, cached)
             except DownloadError as exc:
                 raise FetchError(f"could not download data.source: {exc}\n{OFFLINE_HINT}") from None
+            write_json(_cache_record(cached), {"bytes": cached.stat().st_size, "sha256": sha256_file(cached)})
         _extract(cached, workdir)
     else:
         path = Path(source).expanduser()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..core.classes import ClassSpec
 from ..core.config import DataConfig, SplitConfig
 from ..core.errors import DataError
-from ..core.files import write_json
+from ..core.files import atomic_dir, write_json
 from ..core.splits import SPLITS, SplitInfo, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
@@ -120,7 +120,9 @@ def build_split(
         counts={name: len(assignment[name]) for name in SPLITS},
         ids=assignment,
     )
-    write_split(split_dir, prepared.data.ids, prepared.data.images, prepared.data.masks, info)
+    # Built aside and swapped in whole, like data/raw: a crash leaves the old split or the new one.
+    with atomic_dir(split_dir) as staging:
+        write_split(staging, prepared.data.ids, prepared.data.images, prepared.data.masks, info)
     report = build_report(
         root=raw_dir,
         layout=inventory.layout,
