@@ -49,6 +49,7 @@ ADMIN_USER = "admin"
 # What an account may do with experiments and models it did not create: the whole team works in
 # one experiment and one registered model. READ keeps them to their own (then grant per user).
 DEFAULT_PERMISSION = "EDIT"
+AUTH_CACHE_S = 60
 START_TIMEOUT_S = 180  # the first start creates MLflow's schema: ~30 migrations, slow on a small machine
 STOP_TIMEOUT_S = 30
 LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"
@@ -304,7 +305,10 @@ def start_mlflow(layout: Layout, args: argparse.Namespace, backend_uri: str, art
         "[mlflow]\n"
         f"default_permission = {DEFAULT_PERMISSION}\n"
         f"database_uri = postgresql+psycopg://{DB_USER}@127.0.0.1:{args.pg_port}/{AUTH_DATABASE}\n"
-        f"admin_username = {ADMIN_USER}\n",
+        f"admin_username = {ADMIN_USER}\n"
+        # Checking a password costs a deliberately slow hash; a run makes hundreds of requests.
+        # A changed password reaches the other workers within this many seconds.
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n",
     )
     # Passwords and keys reach MLflow through the environment, never the command line or a shared file.
     env = dict(

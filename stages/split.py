@@ -1,13 +1,15 @@
 """Stage split: data/raw/ -> data/split/ (seeded train/val/test, decoded and resized once) and data/report.json."""
 
-from pipeline.core import paths
-from pipeline.core.config import load_config
 from pipeline.core.stage import run_stage
-from pipeline.prepare.preparation import build_split
-from pipeline.prepare.report import format_summary
 
 
 def main() -> None:
+    # Imported under run_stage, so that Ctrl-C while they load is one line, not a traceback.
+    from pipeline.core import paths
+    from pipeline.core.config import load_config
+    from pipeline.prepare.preparation import build_split
+    from pipeline.prepare.report import format_summary
+
     cfg = load_config()
     report = build_split(paths.RAW_DIR, paths.SPLIT_DIR, paths.DATA_REPORT, cfg.data, cfg.split)
     print(format_summary(report))

@@ -35,7 +35,7 @@ from pipeline.model.checkpoint import CHECKPOINT_FORMAT
 from pipeline.prepare.preparation import build_split
 from pipeline.serve.predict import predict_files
 from pipeline.serve.predictor import Predictor
-from pipeline.serve.pyfunc import SegmentationModel
+from pipeline.serve.pyfunc import BadPayload, SegmentationModel
 from pipeline.serve.settings import InferenceSettings
 from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer
@@ -542,6 +542,14 @@ def test_served_model_runs_a_request_of_many_images_in_bounded_batches(checkpoin
     _, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
     answers = model.predict(None, np.array([base64.b64encode(png.tobytes()).decode()] * 400))
     assert len(answers) == 400 and max(sizes) == INFERENCE_BATCH and sum(sizes) == 400
+
+
+def test_served_model_refuses_a_pixel_array_over_the_limit(checkpoint: Path):
+    model = SegmentationModel()
+    model.predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    big = np.zeros((1, 8000, 6000))  # never touched: refused from its shape
+    with pytest.raises(BadPayload, match=r"image 0: 6000x8000 pixels, more than the limit of 40,000,000"):
+        model.predict(None, big)
 
 
 @pytest.fixture(scope="module")

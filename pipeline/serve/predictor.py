@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
@@ -83,7 +83,9 @@ def _registered_predictor(model_ref: str) -> Predictor:
             description = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/MLmodel", dst_path=tmp))
             spec = YAML(typ="safe", pure=True).load(description.read_text(encoding="utf-8"))
             pyfunc = spec["flavors"]["python_function"]
-            settings = InferenceSettings(**pyfunc["config"])
+            settings = InferenceSettings(
+                **{field.name: pyfunc["config"][field.name] for field in fields(InferenceSettings)}
+            )
             relative = PurePosixPath(pyfunc["artifacts"][CHECKPOINT_ARTIFACT]["path"])
             if relative.is_absolute() or ".." in relative.parts:
                 raise ValueError(f"checkpoint path {relative} leaves the model")

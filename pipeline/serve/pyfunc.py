@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import DataError
-from pipeline.core.images import INFERENCE_BATCH, decode_image
+from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS, decode_image
 from pipeline.serve.predictor import CHECKPOINT_ARTIFACT, Predictor, image_batches
 from pipeline.serve.settings import InferenceSettings
 
@@ -67,6 +67,10 @@ def _pixels(array: np.ndarray, where: str) -> np.ndarray:
         raise BadPayload(f"{where}: expected pixel values of shape HxW or HxWxC, got {array.dtype} {array.shape}")
     if array.ndim == 3 and array.shape[2] not in (1, 3, 4):
         raise BadPayload(f"{where}: expected 1, 3 or 4 channels, got {array.shape[2]}")
+    if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
+        raise BadPayload(
+            f"{where}: {array.shape[1]}x{array.shape[0]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}"
+        )
     if array.size == 0 or array.min() < 0 or array.max() > 255:
         raise BadPayload(f"{where}: pixel values must lie in 0-255")
     image = array.astype(np.uint8)
