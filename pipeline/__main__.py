@@ -17,6 +17,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a probability strictly between 0 and 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -30,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--out", type=Path, required=True, help="folder for the masks")
     predict.add_argument(
-        "--threshold", type=float, help="probability cut-off (default: the one evaluate chose for the model)"
+        "--threshold", type=_probability, help="probability cut-off (default: the one evaluate chose for the model)"
     )
     predict.add_argument(
         "--batch-size",
@@ -63,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
                 with_overlay=args.overlay,
                 device=args.device,
             )
+        from .core.errors import DataError
         from .core.files import write_json
         from .fetch.dataset import build_manifest
+
+        if not args.folder.is_dir():
+            raise DataError(f"{args.folder}: no such folder (give the dataset's folder)")
 
         files = build_manifest(args.folder)
         write_json(args.out, {"dataset": args.folder.name, "files": files})

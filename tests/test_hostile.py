@@ -515,6 +515,20 @@ def test_predict_on_a_non_utf8_file_name_writes_its_mask(tmp_path: Path, checkpo
     assert os.listdir(os.fsencode(tmp_path / "masks")) == [b"caf\xe9.png"]
 
 
+@pytest.mark.parametrize("threshold", ["2", "nan", "0", "half"])
+def test_predict_threshold_outside_0_1_is_refused(tmp_path: Path, checkpoint: Path, capsys, threshold: str):
+    with pytest.raises(SystemExit) as exited:
+        predict(tmp_path, "--model", checkpoint, "--out", tmp_path / "masks", "--threshold", threshold)
+    assert exited.value.code == 2
+    assert f"--threshold: expected a probability strictly between 0 and 1, got '{threshold}'" in capsys.readouterr().err
+
+
+def test_manifest_of_a_missing_folder_is_refused(tmp_path: Path, capsys):
+    assert cli(["manifest", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.json")]) == 2
+    assert f"error: {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
 def forward_batches(predictor: Predictor) -> list[int]:
     """Records the batch size of every forward pass of the predictor's network."""
     sizes: list[int] = []
