@@ -156,6 +156,7 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
             pretrained_dir=PRETRAINED_DIR,
             best_path=Path(workdir) / "best.pt",
             last_path=Path(workdir) / "last.pt",
+            history_path=Path(workdir) / "history.csv",
         )
         loader = Timed(session.train_loader)
         train_seconds, images, dice, elapsed, utilisation = 0.0, 0, [], [], []

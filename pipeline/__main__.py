@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline predict ...`` and ``python -m pipeline manifest ...``."""
+"""Command line: ``python -m pipeline predict|promote|manifest ...`` (also installed as ``unet-pipeline``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
+    promote = commands.add_parser(
+        "promote",
+        help="make a registered version the champion by hand, recording why",
+        description="Point the `champion` alias of mlflow.registered_model (params.yaml) at VERSION. The reason "
+        "and the previous champion are recorded as the version's tags (promoted_reason, promoted_from). "
+        "Only versions the evaluate stage registered (with a validation score) can be promoted.",
+    )
+    promote.add_argument("version", metavar="VERSION", help="version number, e.g. 3, or models:/NAME/3")
+    promote.add_argument("--reason", required=True, metavar="TEXT", help="why this version should serve")
+
     manifest = commands.add_parser("manifest", help="write a per-file SHA-256 manifest for data.manifest")
     manifest.add_argument("folder", type=Path)
     manifest.add_argument("--out", type=Path, required=True)
@@ -73,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 with_overlay=args.overlay,
                 device=args.device,
             )
+        if args.command == "promote":
+            return _promote(args.version, args.reason)
         from .core.errors import DataError
         from .core.files import write_json
         from .fetch.dataset import build_manifest
@@ -90,6 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args.command}: interrupted; the files written so far are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _promote(version: str, reason: str) -> int:
+    from .core.config import load_config
+    from .evaluate.registry import CHAMPION, parse_version, promote
+    from .tracking import connect
+
+    cfg = load_config()
+    name = cfg.mlflow.registered_model
+    number = parse_version(version, name)  # before touching the store: a foreign version is refused as such
+    connect(cfg.mlflow.experiment)
+    previous = promote(name, number, reason)
+    print(
+        f"promote: {name} version {number} is now {CHAMPION} "
+        f"(was {f'version {previous}' if previous else 'none'}): {reason.strip()}"
+    )
+    return 0
 
 
 if __name__ == "__main__":

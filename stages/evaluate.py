@@ -14,6 +14,8 @@ from pipeline.evaluate.confusion import CONFUSION_FIELDS, confusion_rows, render
 from pipeline.evaluate.gallery import CASES_EACH, render_gallery
 from pipeline.evaluate.predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
 from pipeline.evaluate.registry import (
+    SELECTION_DESCRIPTION,
+    SELECTION_METRIC,
     Contender,
     apply_decision,
     current_champion,
@@ -23,7 +25,7 @@ from pipeline.evaluate.registry import (
 )
 from pipeline.evaluate.thresholds import SWEEP_FIELDS, best_threshold, sweep
 from pipeline.serve.settings import InferenceSettings
-from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, log_to_run, require_run
+from pipeline.tracking import DATA_SOURCE_TAG, ENCODER_WEIGHTS_TAG, RunInfo, log_to_run, require_run
 
 
 def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
@@ -50,8 +52,10 @@ def main() -> None:
     test = predict_split(model, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
     classes = test.classes
     metrics = test.scores(threshold)
+    # The champion decision's score: the deployable model (threshold, TTA) on the validation split.
+    val_dice = val.metrics(threshold).compute()["dice"]
     if classes.binary:
-        metrics.update(threshold=threshold, val_dice_at_threshold=val.metrics(threshold).compute()["dice"])
+        metrics.update(threshold=threshold, val_dice_at_threshold=val_dice)
     per_image = test.per_image(threshold)
     dice = [row["dice"] for row in per_image]
 
@@ -76,7 +80,12 @@ def main() -> None:
         metrics=metrics,
         threshold_source=source,
         worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
-        classes=classes,
+        data_source=training_tags.get(DATA_SOURCE_TAG, "an unrecorded source"),
+        selection=(
+            f"`{SELECTION_METRIC}` {val_dice:.4f}: the {SELECTION_DESCRIPTION} on the {split_info.counts['val']} "
+            "validation images decides whether this version becomes `champion` (strictly higher than the "
+            "champion's on the same validation set) or `challenger`."
+        ),
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
@@ -98,7 +107,7 @@ def main() -> None:
         ],
     )
     name = cfg.mlflow.registered_model
-    tags = version_tags(training_tags, split_info, metrics)
+    tags = version_tags(training_tags, split_info, metrics, val_dice)
     version = register_model(
         run_id=run.run_id,
         name=name,
@@ -107,9 +116,12 @@ def main() -> None:
         settings=settings,
         tags=tags,
     )
-    decision = decide_alias(Contender(version, metrics["test_dice"], tags["test_set"]), current_champion(name))
+    decision = decide_alias(Contender(version, val_dice, tags["val_set"]), current_champion(name))
     apply_decision(name, run.run_id, decision)
-    write_json(paths.REGISTRY_DECISION, {"registered_model": name, **decision.to_dict()})
+    write_json(
+        paths.REGISTRY_DECISION,
+        {"registered_model": name, **decision.to_dict(), "metric_description": SELECTION_DESCRIPTION},
+    )
     print(f"evaluate: registered {name} version {version}; alias {decision.alias}: {decision.reason}")
 
 

@@ -5,27 +5,28 @@ Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages
 
 from pipeline.core import paths
 from pipeline.core.config import Config, load_config
-from pipeline.core.files import read_json, write_csv, write_json
+from pipeline.core.files import read_json, write_json
 from pipeline.core.stage import run_stage
-from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, git_commit, training_run
+from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, data_report_metrics, git_commit, training_run
 from pipeline.train import distributed
-from pipeline.train.session import NoTracker, TrainingSession, history_fields, summary
+from pipeline.train.session import NoTracker, TrainingSession, summary
 
 
 def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
     tags = {"git_commit": git_commit(), "data_hash": session.split_info.data_hash}
     if session.encoder_weights_sha256:
         tags[ENCODER_WEIGHTS_TAG] = session.encoder_weights_sha256
-    with training_run(cfg, experiment_id, run_id=session.state.run_id, tags=tags) as tracker:
+    with training_run(
+        cfg, experiment_id, run_id=session.state.run_id, tags=tags, split_info=session.split_info
+    ) as tracker:
         session.state.run_id = tracker.run_id
         tracker.catch_up(session.state.history)
         try:
             state = session.fit(tracker)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(session.interrupted_note()) from None
-        write_csv(paths.TRAIN_HISTORY, state.history, history_fields(session.classes))
         write_json(paths.TRAIN_METRICS, summary(state))
-        tracker.log_metrics(read_json(paths.DATA_REPORT)["headline"])
+        tracker.log_metrics(data_report_metrics(read_json(paths.DATA_REPORT)["headline"]))
         tracker.log_checkpoint(paths.BEST_CHECKPOINT)
     run = RunInfo(tracker.run_id, tracker.experiment_id)
     run.save(paths.RUN_INFO)
@@ -44,6 +45,7 @@ def main() -> None:
         pretrained_dir=paths.PRETRAINED_DIR,
         best_path=paths.BEST_CHECKPOINT,
         last_path=paths.LAST_CHECKPOINT,
+        history_path=paths.TRAIN_HISTORY,
     )
     try:
         if main_process:

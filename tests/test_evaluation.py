@@ -32,6 +32,8 @@ def test_sweep_scores_each_threshold_and_picks_the_best_dice():
     assert rows[0.5]["iou"] == pytest.approx(2 / 3)
     assert rows[0.6]["dice"] == 1.0
     assert rows[0.7]["dice"] == pytest.approx(2 / 3)  # TP 1, FN 1
+    assert (rows[0.5]["precision"], rows[0.5]["recall"]) == (pytest.approx(2 / 3), 1.0)
+    assert (rows[0.7]["precision"], rows[0.7]["recall"]) == (1.0, 0.5)
     assert best_threshold(list(rows.values())) == 0.6
 
 
@@ -100,29 +102,73 @@ def test_gallery_colours_false_positives_and_negatives_differently():
     assert (colour_at(3 * quarter, 3 * quarter) == 120).all()  # bottom right: dimmed photo, no tint
 
 
-def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
+def _card(params, data_hash: str, classes, source: str = "https://example.com/people.zip") -> str:
     from pipeline.core.config import parse_config
     from pipeline.core.splits import SplitInfo
     from pipeline.evaluate.card import METRIC_NAMES, render_card
 
     metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_NAMES for suffix in ("", "_pooled")}
     metrics.update(test_dice=0.8125, threshold=0.35)
-    split_info = SplitInfo("f" * 64, 320, PERSON, {"train": 203, "val": 58, "test": 29}, {})
-    card = render_card(
+    return render_card(
         registered_model="m",
         run_id="r1",
         params=parse_config(params).flat(),
-        split_info=split_info,
+        split_info=SplitInfo(data_hash, 320, classes, {"train": 203, "val": 58, "test": 29}, {}),
         metrics=metrics,
         threshold_source="maximises mean Dice on the validation split",
         worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
-        classes=PERSON,
+        classes=classes,
+        data_source=source,
+        selection="`val_dice` 0.8000: decides.",
     )
-    assert "f" * 64 in card and "203 train, 58 validation,\n29 test images" in card
-    assert "at least **0.35** (maximises mean Dice on the validation split)" in card
+
+
+def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
+    from pipeline.core.classes import PERSON
+    from pipeline.evaluate.card import REFERENCE_DATA_HASH
+
+    card = _card(params, REFERENCE_DATA_HASH, PERSON)
+    assert REFERENCE_DATA_HASH in card and "203 train, 58 validation,\n29 test images" in card
+    assert "Human-Segmentation dataset of photos of people, from `https://example.com/people.zip`" in card
+    assert "Person when the predicted probability is at least **0.35** (maximises mean Dice" in card
     assert "| dice | 0.8125 | 0.5000 |" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
-    assert "## Intended use" in card and "## Known limits" in card and "| `train.lr` | `0.003` |" in card
+    assert "## Champion selection\n`val_dice` 0.8000: decides. The test metrics below are a report" in card
+    assert "photo editing" in card and "not for identifying people" in card.lower()
+    assert "## Known limits" in card and "| `train.lr` | `0.003` |" in card
+
+
+def test_model_card_of_another_binary_dataset_names_its_source_and_classes_not_people(params):
+    from pipeline.core.classes import ClassSpec
+
+    card = _card(params, "a" * 64, ClassSpec(("sky", "cloud"), None), source="~/data/clouds.zip")
+    assert "Binary segmentation (cloud against sky)" in card and "Data from `~/data/clouds.zip`" in card
+    assert "`260`: Dice 0.267, cloud covers 12%" in card and "Masks of cloud in images similar" in card
+    assert not [word for word in ("person", "people", "Human-Segmentation") if word in card.split("## Parameters")[0]]
+
+
+def test_confusion_image_draws_every_label_whole(monkeypatch):
+    import cv2
+
+    from pipeline.core.classes import ClassSpec
+    from pipeline.evaluate import confusion
+
+    drawn = []
+    real_put_text = cv2.putText
+
+    def recording(canvas, text, origin, font, scale, colour, thickness, line):
+        drawn.append((text, origin[0] + cv2.getTextSize(text, font, scale, thickness)[0][0], canvas.shape[1]))
+        return real_put_text(canvas, text, origin, font, scale, colour, thickness, line)
+
+    monkeypatch.setattr(confusion.cv2, "putText", recording)
+    classes = ClassSpec(("background", "pedestrian_crossing", "car"), None)
+    image = confusion.render_confusion(torch.tensor([[5, 1, 0], [0, 3, 1], [0, 0, 0]]), classes)
+    texts = [text for text, _, _ in drawn]
+    for name in classes.names:
+        assert texts.count(name) == 2, name  # row label and column label, whole
+    assert "predicted class" in texts and "true class" in texts
+    assert all(right < width for _, right, width in drawn), [entry for entry in drawn if entry[1] >= entry[2]]
+    assert (image[:, -2:] == 255).all() and (image[-2:] == 255).all()  # nothing runs into the edges
 
 
 def test_the_error_colours_are_none_of_the_class_colours():

@@ -5,18 +5,23 @@ import mlflow
 import pytest
 
 from pipeline.core.classes import PERSON
+from pipeline.core.errors import TrackingError
 from pipeline.core.splits import SplitInfo
 from pipeline.evaluate.registry import (
     CHALLENGER,
     CHAMPION,
+    SELECTION_METRIC,
     Contender,
     apply_decision,
     current_champion,
     decide_alias,
-    identify_test_set,
+    identify_split,
+    parse_version,
+    promote,
     version_tags,
 )
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint
+from tests.helpers.project import PROJECT_ROOT
 
 SPLIT_INFO = SplitInfo(
     "abc", 64, PERSON, {"train": 1, "val": 1, "test": 2}, {"test": ["p1", "p2"], "val": ["p3"], "train": ["p4"]}
@@ -30,28 +35,29 @@ def test_first_model_becomes_champion():
 
 
 @pytest.mark.parametrize(("dice", "alias"), [(0.81, CHAMPION), (0.80, CHALLENGER), (0.79, CHALLENGER)])
-def test_champion_moves_only_on_a_strictly_higher_test_dice(dice, alias):
+def test_champion_moves_only_on_a_strictly_higher_validation_dice(dice, alias):
     decision = decide_alias(Contender("3", dice, "set-a"), Contender("2", 0.80, "set-a"))
-    assert decision.alias == alias
-    assert (decision.champion_version, decision.champion_test_dice) == ("2", 0.80)
-    assert "champion version 2 (0.8000)" in decision.reason
+    assert decision.alias == alias and decision.metric == SELECTION_METRIC == "val_dice"
+    assert (decision.champion_version, decision.champion_val_dice) == ("2", 0.80)
+    assert "validation Dice" in decision.reason and "champion version 2 (0.8000)" in decision.reason
 
 
-def test_scores_on_other_test_data_are_not_compared():
+def test_scores_on_other_validation_data_are_not_compared():
     decision = decide_alias(Contender("3", 0.99, "set-b"), Contender("2", 0.5, "set-a"))
-    assert decision.alias == CHALLENGER and "other test data" in decision.reason
+    assert decision.alias == CHALLENGER and "validated on other data" in decision.reason
+    assert "unet-pipeline promote 3" in decision.reason
     untagged = decide_alias(Contender("3", 0.99, "set-b"), Contender("2", math.nan, ""))
-    assert untagged.alias == CHALLENGER and "test set unknown" in untagged.reason
+    assert untagged.alias == CHALLENGER and "validation set unknown" in untagged.reason
 
 
-def test_test_set_id_follows_data_size_and_membership():
-    base = identify_test_set(SPLIT_INFO)
-    assert (
-        identify_test_set(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, "train": ["other"]})) == base
-    )  # train is irrelevant
-    assert identify_test_set(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, "test": ["p1"]})) != base
-    assert identify_test_set(replace(SPLIT_INFO, image_size=320)) != base
-    assert identify_test_set(replace(SPLIT_INFO, data_hash="def")) != base
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_split_id_follows_data_size_and_membership(split):
+    base = identify_split(SPLIT_INFO, split)
+    assert identify_split(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, "train": ["other"]}), split) == base
+    assert identify_split(replace(SPLIT_INFO, ids={**SPLIT_INFO.ids, split: ["p9"]}), split) != base
+    assert identify_split(replace(SPLIT_INFO, image_size=320), split) != base
+    assert identify_split(replace(SPLIT_INFO, data_hash="def"), split) != base
+    assert identify_split(SPLIT_INFO, "val") != identify_split(SPLIT_INFO, "test")
 
 
 def test_version_tags_keep_full_precision_and_provenance():
@@ -59,23 +65,35 @@ def test_version_tags_keep_full_precision_and_provenance():
         {"data_hash": "abc", "git_commit": "1234"},
         SPLIT_INFO,
         {"test_dice": 0.123456789012, "test_loss": 0.5, "threshold": 0.45, "val_dice_at_threshold": 0.9},
+        0.9,
     )
     assert tags == {
         "data_hash": "abc",
         "git_commit": "1234",
-        "test_set": identify_test_set(SPLIT_INFO),
+        "val_set": identify_split(SPLIT_INFO, "val"),
+        "test_set": identify_split(SPLIT_INFO, "test"),
+        "val_dice": "0.9",
         "test_dice": "0.123456789012",
         "test_loss": "0.5",
         "threshold": "0.45",
     }
 
 
+def test_a_test_score_never_reaches_a_decision():
+    """Whatever the test tags say, only validation Dice on the same validation set is compared."""
+    champion = Contender("1", 0.70, "v")
+    assert decide_alias(Contender("2", 0.69, "v"), champion).alias == CHALLENGER
+    assert not {"test_dice", "test_set"} & set(Contender.__dataclass_fields__)
+
+
 def test_registered_versions_get_tags_card_and_aliases(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     client = mlflow.MlflowClient
     decisions = []
-    for dice in (0.7, 0.6, 0.75):
-        run_id, version = register(tmp_path, checkpoint, threshold=0.5, tags={"test_dice": repr(dice), "test_set": "s"})
+    # The test tags say the opposite of the validation scores: they must not matter.
+    for dice, test_dice in ((0.7, 0.9), (0.6, 0.99), (0.75, 0.1)):
+        tags = {"val_dice": repr(dice), "val_set": "s", "test_dice": repr(test_dice), "test_set": "t"}
+        run_id, version = register(tmp_path, checkpoint, threshold=0.5, tags=tags)
         decision = decide_alias(Contender(version, dice, "s"), current_champion(NAME))
         apply_decision(NAME, run_id, decision)
         decisions.append((version, decision.alias))
@@ -89,4 +107,52 @@ def test_registered_versions_get_tags_card_and_aliases(tmp_path):
         and "does not beat champion version 1" in version.tags["alias_reason"]
     )
     assert version.description == "# card\n"
+    assert version.tags["alias_metric"] == "val_dice"
     assert client().get_run(version.run_id).data.tags["alias_decision"] == CHALLENGER
+    assert mlflow.models.get_model_info(f"models:/{NAME}/2").signature.outputs is not None
+
+
+def test_promote_moves_the_champion_and_records_why_and_from_which(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    client = mlflow.MlflowClient
+    for dice in (0.8, 0.7):
+        run_id, version = register(tmp_path, checkpoint, threshold=0.5, tags={"val_dice": repr(dice), "val_set": "s"})
+        apply_decision(NAME, run_id, decide_alias(Contender(version, dice, "s"), current_champion(NAME)))
+    register(tmp_path, checkpoint, threshold=0.5)  # version 3: registered, never evaluated
+    assert client().get_registered_model(NAME).aliases == {CHAMPION: 1, CHALLENGER: 2}
+
+    with pytest.raises(TrackingError, match="is a version of 'other-model', not of 'test-unet'"):
+        promote(NAME, "models:/other-model/2", "looks better")
+    with pytest.raises(TrackingError, match="has no version 9"):
+        promote(NAME, "9", "looks better")
+    with pytest.raises(TrackingError, match="version 3 has no evaluation"):
+        promote(NAME, "3", "looks better")
+    with pytest.raises(TrackingError, match="--reason"):
+        promote(NAME, "2", "  ")
+    assert client().get_registered_model(NAME).aliases == {CHAMPION: 1, CHALLENGER: 2}
+
+    assert promote(NAME, f"models:/{NAME}/2", "fewer false positives on our photos") == "1"
+    assert client().get_registered_model(NAME).aliases == {CHAMPION: 2}
+    tags = client().get_model_version(NAME, "2").tags
+    assert tags["promoted_reason"] == "fewer false positives on our photos" and tags["promoted_from"] == "1"
+    assert tags["alias_decision"] == CHAMPION and tags["alias_metric"] == "manual"
+    with pytest.raises(TrackingError, match="already the champion"):
+        promote(NAME, "2", "again")
+
+
+@pytest.mark.parametrize(("reference", "version"), [("3", "3"), ("test-unet/3", "3"), ("models:/test-unet/12", "12")])
+def test_version_references(reference, version):
+    assert parse_version(reference, NAME) == version
+
+
+def test_promote_command_line_refuses_with_one_line(tmp_path, monkeypatch, capsys):
+    from pipeline.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((PROJECT_ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(["promote", "models:/someone-else/1", "--reason", "x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: VERSION 'models:/someone-else/1' is a version of 'someone-else', not of "
+        "'human-segmentation-unet' (mlflow.registered_model); promote only moves this project's champion"
+    )

@@ -46,6 +46,7 @@ def session(cfg, split_dir: Path, out: Path) -> TrainingSession:
         pretrained_dir=out / "pretrained",
         best_path=out / "best.pt",
         last_path=out / "last.pt",
+        history_path=out / "history.csv",
     )
 
 
@@ -53,6 +54,9 @@ def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, spl
     tracker = ListTracker()
     state = session(tiny_config(params), split_dir, tmp_path).fit(tracker)
     assert [row["epoch"] for row in tracker.rows] == [1, 2, 3]
+    assert (tmp_path / "history.csv").read_text().splitlines()[1:] == [
+        ",".join(str(row[key]) for key in tracker.rows[0]) for row in tracker.rows
+    ]
     assert set(tracker.rows[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"}
     best = min(tracker.rows, key=lambda row: row["val_loss"])
     assert summary(state) == {

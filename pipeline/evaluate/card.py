@@ -8,27 +8,35 @@ from ..core.classes import ClassSpec
 from ..core.splits import SplitInfo
 
 METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "precision", "recall")
-
-
-def _binary_sections(metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
-    return {
-        "summary": "Binary person segmentation",
-        "output": "whether it belongs to a person",
-        "intended_use": """Foreground masks of people in photos similar to the training data (one or a few people,
+# Content hash (split.json's data_hash) of the reference Human-Segmentation dataset, from
+# whichever source it was fetched: only a model trained on it gets the people-photo wording.
+REFERENCE_DATA_HASH = "12617323389a0b528707da125a7710d16d3a8d878397141b5af9cf12d4801eb6"
+REFERENCE_DATASET = "The Human-Segmentation dataset of photos of people"
+REFERENCE_INTENDED_USE = """Foreground masks of people in photos similar to the training data (one or a few people,
 upright, roughly centred, daylight photos): background removal or blurring, cropping,
 photo editing. Not for identifying people, not for safety-critical decisions, and not
-validated on video, crowds or medical or surveillance imagery.""",
-        "dataset": "Human-Segmentation dataset",
+validated on video, crowds or medical or surveillance imagery."""
+REFERENCE_LIMITS = """Trained on a few hundred images of a single source: expect lower quality on other kinds of
+  photos (unusual poses, several overlapping people, people small in the frame, strong
+  backlight)."""
+
+
+def _binary_sections(classes: ClassSpec, metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
+    name = classes.names[1]
+    return {
+        "summary": f"Binary segmentation ({name} against {classes.names[0]})",
+        "output": f"whether it belongs to {name}",
+        "intended_use": f"""Masks of {name} in images similar to the training data. Not validated on other sources,
+and not for safety-critical decisions.""",
         "decision_title": "Decision threshold",
         "decision": (
-            f"Foreground when the predicted probability is at least **{metrics['threshold']:g}** ({threshold_source})."
+            f"{name.capitalize()} when the predicted probability is at least **{metrics['threshold']:g}** "
+            f"({threshold_source})."
         ),
         "metrics_at": "At the threshold above",
         "per_class": "",
-        "subject": "person",
-        "limits": """Trained on a few hundred images of a single source: expect lower quality on other kinds of
-  photos (unusual poses, several overlapping people, people small in the frame, strong
-  backlight).""",
+        "subject": name,
+        "limits": "Trained on a single source: expect lower quality on other kinds of images.",
     }
 
 
@@ -41,7 +49,6 @@ def _multiclass_sections(classes: ClassSpec, metrics: dict[str, float]) -> dict[
         "output": "its class",
         "intended_use": """Class maps of images similar to the training data. Not validated on other sources, and
 not for safety-critical decisions.""",
-        "dataset": "Dataset",
         "decision_title": "Decision rule",
         "decision": "Each pixel takes the class with the highest score (argmax); there is no threshold to tune.",
         "metrics_at": "With that rule",
@@ -67,11 +74,24 @@ def render_card(
     threshold_source: str,
     worst: list[dict[str, Any]],
     classes: ClassSpec,
+    data_source: str,
+    selection: str,
     encoder_weights_sha256: str | None = None,
 ) -> str:
-    """Markdown for ``models/model_card.md``, the run and the registered version's description."""
+    """Markdown for ``models/model_card.md``, the run and the registered version's description.
+
+    ``classes`` are the ones split recorded with the data; ``data_source`` is where the training
+    run's data came from (``data.source``)."""
     counts = split_info.counts
-    text = _binary_sections(metrics, threshold_source) if classes.binary else _multiclass_sections(classes, metrics)
+    text = (
+        _binary_sections(classes, metrics, threshold_source)
+        if classes.binary
+        else _multiclass_sections(classes, metrics)
+    )
+    dataset = f"Data from `{data_source}`"
+    if split_info.data_hash == REFERENCE_DATA_HASH:
+        text.update(intended_use=REFERENCE_INTENDED_USE, limits=REFERENCE_LIMITS)
+        dataset = f"{REFERENCE_DATASET}, from `{data_source}`"
     rows = "\n".join(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
     )
@@ -93,7 +113,7 @@ def render_card(
 {text["intended_use"]}
 
 ## Data
-{text["dataset"]}, content hash (SHA-256 of every image and mask)
+{dataset}; content hash (SHA-256 of every image and mask)
 `{split_info.data_hash}`. Seeded split: {counts["train"]} train, {counts["val"]} validation,
 {counts["test"]} test images, resized to {split_info.image_size} x {split_info.image_size} px.
 The test images were not seen by training, model selection or threshold choice.
@@ -102,6 +122,9 @@ The test images were not seen by training, model selection or threshold choice.
 {text["decision"]}
 Flip test-time augmentation: {"on" if params["evaluate.tta"] else "off"}. `predict` and the
 served model apply both.
+
+## Champion selection
+{selection} The test metrics below are a report: no decision reads them.
 
 ## Test metrics
 {text["metrics_at"]}, on the {counts["test"]} test images (definitions: docs/metrics.md).

@@ -1,28 +1,47 @@
-"""Model registry: each evaluated model becomes a version; the champion alias moves on merit only.
+"""Model registry: each evaluated model becomes a version; the champion alias moves on validation merit only.
 
 A version is the deployable model: the checkpoint plus the threshold and TTA it was evaluated
-with, as the pyfunc in ``pipeline/serve/pyfunc.py``. Its tags carry the data hash, git commit, test metrics
-and an identifier of the test set, so later decisions compare like with like.
+with, as the pyfunc in ``pipeline/serve/pyfunc.py``. Its tags carry the data hash, git commit,
+the validation Dice that decides its alias, the test metrics (a report no decision reads) and
+identifiers of the validation and test sets, so later decisions compare like with like.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 
+from ..core.errors import TrackingError
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
 from ..serve.predictor import CHECKPOINT_ARTIFACT
 from ..serve.settings import InferenceSettings
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+# The one score a decision reads: mean per-image validation Dice of the deployable model (its
+# threshold and TTA applied). Test metrics are reported, never compared: choosing on them
+# after a sweep would bias the very number reported for the winner.
+SELECTION_METRIC = "val_dice"
+SELECTION_DESCRIPTION = "validation Dice (mean per image, at the version's threshold and TTA)"
 MODEL_ARTIFACT = "model"
+# Inputs unconstrained: the model accepts several payload forms (base64 files, pixel arrays,
+# a DataFrame column) and validates them itself, with messages that name the image; an input
+# schema would make MLflow convert or refuse them first. Outputs: a mask per image.
+SIGNATURE = ModelSignature(inputs=None, outputs=Schema([ColSpec(AnyType())]))
+# The request body users see in the UI (and MLflow checks by loading the model once): one
+# base64-encoded PNG, the README's first form.
+EXAMPLE_IMAGE_SIDE = 32
 # What the served model imports; stated rather than inferred, which would load the model in a
 # subprocess and cost seconds per evaluation.
 REQUIREMENTS = (
@@ -39,12 +58,12 @@ REQUIREMENTS = (
 )
 
 
-def identify_test_set(split_info: SplitInfo) -> str:
-    """Identifies the test images exactly: the data, the size they are scored at, and which ones."""
+def identify_split(split_info: SplitInfo, split: str) -> str:
+    """Identifies a split's images exactly: the data, the size they are scored at, and which ones."""
     identity = {
         "data_hash": split_info.data_hash,
         "image_size": split_info.image_size,
-        "test": sorted(split_info.ids["test"]),
+        split: sorted(split_info.ids[split]),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -52,8 +71,8 @@ def identify_test_set(split_info: SplitInfo) -> str:
 @dataclass(frozen=True)
 class Contender:
     version: str
-    test_dice: float
-    test_set: str
+    val_dice: float
+    val_set: str
 
 
 @dataclass(frozen=True)
@@ -61,54 +80,67 @@ class AliasDecision:
     version: str
     alias: str
     reason: str
-    test_dice: float
+    metric: str
+    val_dice: float
     champion_version: str | None
-    champion_test_dice: float | None
+    champion_val_dice: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def decide_alias(candidate: Contender, champion: Contender | None) -> AliasDecision:
-    """``champion`` only for a strictly higher test Dice on the same test set (or no champion yet)."""
+    """``champion`` only for a strictly higher validation Dice on the same validation set (or no champion yet)."""
 
     def decided(alias: str, reason: str) -> AliasDecision:
         return AliasDecision(
             candidate.version,
             alias,
             reason,
-            candidate.test_dice,
+            SELECTION_METRIC,
+            candidate.val_dice,
             champion.version if champion else None,
-            champion.test_dice if champion else None,
+            champion.val_dice if champion else None,
         )
 
     if champion is None:
         return decided(CHAMPION, "there was no champion yet")
-    if champion.test_set != candidate.test_set:
+    if champion.val_set != candidate.val_set:
         return decided(
             CHALLENGER,
-            f"champion version {champion.version} was tested on other test data "
-            f"(test set {champion.test_set or 'unknown'}, now {candidate.test_set}), so the "
-            "scores are not comparable; move the alias by hand if this one should serve",
+            f"champion version {champion.version} was validated on other data "
+            f"(validation set {champion.val_set or 'unknown'}, now {candidate.val_set}), so the "
+            f"scores are not comparable; promote this one by hand (`unet-pipeline promote {candidate.version} "
+            "--reason ...`) if it should serve",
         )
-    if candidate.test_dice > champion.test_dice:
+    if candidate.val_dice > champion.val_dice:
         return decided(
             CHAMPION,
-            f"test Dice {candidate.test_dice:.4f} beats champion version {champion.version} ({champion.test_dice:.4f})",
+            f"validation Dice {candidate.val_dice:.4f} beats champion version {champion.version} "
+            f"({champion.val_dice:.4f})",
         )
     return decided(
         CHALLENGER,
-        f"test Dice {candidate.test_dice:.4f} does not beat champion version "
-        f"{champion.version} ({champion.test_dice:.4f})",
+        f"validation Dice {candidate.val_dice:.4f} does not beat champion version "
+        f"{champion.version} ({champion.val_dice:.4f})",
     )
 
 
-def version_tags(training_tags: dict[str, str], split_info: SplitInfo, metrics: dict[str, float]) -> dict[str, str]:
-    """Provenance from the training run, the test set's identity, and the test metrics at full
-    precision (a rounded champion score could lose a tie to its own re-evaluation)."""
+def version_tags(
+    training_tags: dict[str, str], split_info: SplitInfo, metrics: dict[str, float], val_dice: float
+) -> dict[str, str]:
+    """Provenance from the training run, the identities of the validation and test sets, the
+    selection score and the test metrics at full precision (a rounded champion score could lose
+    a tie to its own re-evaluation)."""
     provenance = {key: training_tags.get(key, "unknown") for key in ("data_hash", "git_commit")}
     scores = {key: repr(value) for key, value in metrics.items() if key.startswith("test_") or key == "threshold"}
-    return {**provenance, "test_set": identify_test_set(split_info), **scores}
+    return {
+        **provenance,
+        "val_set": identify_split(split_info, "val"),
+        "test_set": identify_split(split_info, "test"),
+        SELECTION_METRIC: repr(val_dice),
+        **scores,
+    }
 
 
 def register_model(
@@ -128,6 +160,8 @@ def register_model(
             # The package travels with the model: serving does not depend on how it is installed.
             code_paths=[str(Path(pyfunc.__file__).parents[1])],
             pip_requirements=[f"{package}=={installed_version(package)}" for package in REQUIREMENTS],
+            signature=SIGNATURE,
+            input_example=[pyfunc.encode_png(np.zeros((EXAMPLE_IMAGE_SIDE, EXAMPLE_IMAGE_SIDE, 3), np.uint8))],
             registered_model_name=name,
         )
     version = str(info.registered_model_version)
@@ -144,14 +178,69 @@ def current_champion(name: str) -> Contender | None:
         found = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
-    # A champion set by hand on an untagged version is comparable to nothing.
-    return Contender(str(found.version), float(found.tags.get("test_dice", "nan")), found.tags.get("test_set", ""))
+    # A champion without a validation score (set by hand on an untagged version, or chosen by
+    # an older rule) is comparable to nothing.
+    return Contender(str(found.version), float(found.tags.get(SELECTION_METRIC, "nan")), found.tags.get("val_set", ""))
 
 
 def apply_decision(name: str, run_id: str, decision: AliasDecision) -> None:
     """Point the alias at the version and record the decision on the version and the run."""
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(name, decision.alias, decision.version)
-    for key, value in (("alias_decision", decision.alias), ("alias_reason", decision.reason)):
+    for key, value in (
+        ("alias_decision", decision.alias),
+        ("alias_reason", decision.reason),
+        ("alias_metric", decision.metric),
+    ):
         client.set_model_version_tag(name, decision.version, key, value)
         client.set_tag(run_id, key, value)
+
+
+def parse_version(reference: str, name: str) -> str:
+    """``3``, ``NAME/3`` or ``models:/NAME/3`` -> ``3``; a version of another registered model is refused."""
+    match = re.fullmatch(r"(?:(?:models:/)?(?P<name>[^/@]+)/)?(?P<version>[0-9]+)", reference.strip())
+    if match is None:
+        raise TrackingError(f"VERSION {reference!r}: give a version number, e.g. 3 or models:/{name}/3")
+    if match["name"] not in (None, name):
+        raise TrackingError(
+            f"VERSION {reference!r} is a version of {match['name']!r}, not of {name!r} (mlflow.registered_model); "
+            "promote only moves this project's champion"
+        )
+    return match["version"]
+
+
+def promote(name: str, reference: str, reason: str) -> str | None:
+    """Move ``champion`` to a version by hand; returns the previous champion's version (or None).
+
+    The reason and the previous champion are recorded as tags of the promoted version.
+    """
+    if not reason.strip():
+        raise TrackingError("--reason must say why this version should serve")
+    version = parse_version(reference, name)
+    client = mlflow.MlflowClient()
+    try:
+        found = client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(f"registered model {name!r} has no version {version}") from None
+    if SELECTION_METRIC not in found.tags:
+        raise TrackingError(
+            f"{name} version {version} has no evaluation (no {SELECTION_METRIC} tag): only versions the "
+            "evaluate stage registered can be promoted"
+        )
+    previous = current_champion(name)
+    previous_version = previous.version if previous else None
+    if previous_version == version:
+        raise TrackingError(f"{name} version {version} is already the champion")
+    client.set_registered_model_alias(name, CHAMPION, version)
+    challenger = client.get_registered_model(name).aliases.get(CHALLENGER)
+    if challenger is not None and str(challenger) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    for key, value in (
+        ("alias_decision", CHAMPION),
+        ("alias_reason", f"promoted by hand: {reason.strip()}"),
+        ("alias_metric", "manual"),
+        ("promoted_reason", reason.strip()),
+        ("promoted_from", previous_version or "none"),
+    ):
+        client.set_model_version_tag(name, version, key, value)
+    return previous_version

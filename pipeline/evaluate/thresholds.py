@@ -9,19 +9,20 @@ from ..model.metrics import SegmentationMetrics
 
 # 0.05, 0.10, ..., 0.95: finer steps move Dice by less than its spread across images.
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))
-SWEEP_FIELDS = ("threshold", "dice", "iou")
+SWEEP_FIELDS = ("threshold", "dice", "iou", "precision", "recall")
 
 
 def sweep(
     logits: torch.Tensor, masks: torch.Tensor, classes: ClassSpec, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
 ) -> list[dict[str, float]]:
-    """Mean per-image Dice and IoU of a binary model at each threshold (the reduction of the headline test metrics)."""
+    """Mean per-image Dice, IoU, precision and recall of a binary model at each threshold (the reduction of the
+    headline test metrics)."""
     rows = []
     for threshold in thresholds:
         metrics = SegmentationMetrics(threshold, classes)
         metrics.update(logits, masks)
         scores = metrics.compute()
-        rows.append({"threshold": threshold, "dice": scores["dice"], "iou": scores["iou"]})
+        rows.append({"threshold": threshold, **{name: scores[name] for name in SWEEP_FIELDS[1:]}})
     return rows
 
 

@@ -143,9 +143,12 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         settings = InferenceSettings(**context.model_config)
         self.predictor = Predictor.load(Path(context.artifacts[CHECKPOINT_ARTIFACT]), settings)
 
-    # model_input is left unannotated on purpose: MLflow would otherwise derive a signature
-    # from the annotation and reject the other accepted payload forms before they get here.
-    def predict(self, context, model_input, params=None) -> list:
+    # MLflow derives a signature from a list[...] annotation and then converts or rejects the
+    # other payload forms before they get here. np.ndarray (what the scoring server makes of
+    # {"inputs": ...}) is one of the annotations it derives none from and passes every form
+    # through unchanged: DataFrames from dataframe_split and Python lists too, which
+    # request_images checks itself. registry.register_model states the signature instead.
+    def predict(self, context, model_input: np.ndarray, params=None) -> list:
         items, encoded = request_images(model_input)
         decoded = ((index, read_image(item, index, encoded)) for index, item in enumerate(items))
         answers = []

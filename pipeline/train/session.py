@@ -22,7 +22,7 @@ from ..core.classes import ClassSpec
 from ..core.config import Config
 from ..core.device import choose_precision, resolve_device
 from ..core.errors import ModelError
-from ..core.files import write_torch
+from ..core.files import write_csv, write_torch
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import read_checkpoint, save_checkpoint
 from ..model.inputs import SegmentationDataset, eval_transform
@@ -109,8 +109,17 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
 
 
 class TrainingSession:
-    def __init__(self, cfg: Config, *, split_dir: Path, pretrained_dir: Path, best_path: Path, last_path: Path):
-        self.cfg, self.best_path, self.last_path = cfg, best_path, last_path
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        split_dir: Path,
+        pretrained_dir: Path,
+        best_path: Path,
+        last_path: Path,
+        history_path: Path,
+    ):
+        self.cfg, self.best_path, self.last_path, self.history_path = cfg, best_path, last_path, history_path
         self.topology, self.device = distributed.setup(resolve_device(cfg.train.device))
         self.precision = choose_precision(cfg.train.amp, self.device)
         self.split_info = SplitInfo.read(split_dir)
@@ -280,6 +289,9 @@ class TrainingSession:
                     data_hash=self.split_info.data_hash,
                     fingerprint=self.state.fingerprint,
                 )
+            # Before last.pt: whatever epoch last.pt records, the history file holds it too, so
+            # `dvc plots show` follows a run live and still shows every epoch after a kill.
+            write_csv(self.history_path, self.state.history, history_fields(self.classes))
             self._save_last()
             tracker.log_epoch(row)
             print(
