@@ -25,7 +25,9 @@ DEMO = PROJECT / "demo"
 
 # About a minute of training on two idle CPU cores (two trainings), enough to see the shapes learnt.
 DEMO_PARAMS = {
-    "data": {"source": "synthetic:96", "manifest": None, "image_size": 64},
+    # The generated shapes get a class name of their own, so the confusion matrix and the model
+    # card do not call them people.
+    "data": {"source": "synthetic:96", "manifest": None, "image_size": 64, "classes": ["background", "shape"]},
     "model": {"encoder": "resnet18", "encoder_weights": None},
     "train": {"epochs": 12, "batch_size": 16, "num_workers": 0},
     "mlflow": {"experiment": "synthetic-demo", "registered_model": "synthetic-shapes-unet"},
@@ -68,14 +70,17 @@ def show_mlflow() -> None:
     for found in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
         metrics = found.data.metrics
         print(
-            f"run {found.info.run_id[:8]}  {found.info.status:<8}  lr {found.data.params['train.lr']:<6}  "
+            f"run {found.info.run_name:<24} {found.info.status:<8}  lr {found.data.params['train.lr']:<6}  "
             f"val_dice {metrics.get('val_dice', float('nan')):.3f}  "
             f"test_dice {metrics.get('test_dice', float('nan')):.3f}  "
-            f"pairs used {metrics.get('data_pairs_used', float('nan')):.0f}"
+            f"pairs used {metrics.get('data/pairs_used', float('nan')):.0f}"
         )
     name = DEMO_PARAMS["mlflow"]["registered_model"]
     for version in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        print(f"registered {name} version {version.version} from run {version.run_id[:8]}")
+        print(
+            f"registered {name} version {version.version} from run {version.run_id[:8]}: "
+            f"{version.tags.get('alias_decision')} ({version.tags.get('alias_reason')})"
+        )
 
 
 def main() -> None:
@@ -100,7 +105,7 @@ def main() -> None:
     run(*git, "commit", "-qm", "demo: first run", env=env)
 
     step("an experiment with another learning rate: only train and evaluate run again")
-    run("dvc", "exp", "run", "-S", "train.lr=0.001", env=env)
+    run("dvc", "exp", "run", "-n", "lower-lr", "-S", "train.lr=0.001", env=env)
     run("dvc", "exp", "show", "--no-pager", "--only-changed", env=env)
     run("dvc", "metrics", "show", env=env)
 

@@ -1,6 +1,12 @@
-"""Stage evaluate: models/best.pt -> threshold tuned on val (binary), test metrics, per-image scores,
-confusion matrix, gallery, model card; logged to the training run, registered as a version,
-champion alias decided."""
+"""Stage evaluate: score models/best.pt, register it, decide its alias.
+
+Reads:  models/best.pt, models/run.json, data/split/; params evaluate.threshold,
+        evaluate.tta, mlflow.experiment, mlflow.registered_model; the training run in MLflow
+Writes: metrics/evaluate.json, metrics/threshold_sweep.csv, metrics/test_per_image.csv,
+        metrics/confusion.csv, metrics/confusion.png, metrics/gallery.png,
+        models/inference.json, models/model_card.md, models/registry.json; a new registered
+        version and its alias (champion or challenger, decided on validation Dice)
+"""
 
 import mlflow
 
@@ -126,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main)
+    run_stage("evaluate", main, __doc__)

@@ -1,4 +1,10 @@
-"""Stage fetch: data.source -> data/raw/ (verified), pretrained encoder -> models/pretrained/."""
+"""Stage fetch: get the dataset and the pretrained encoder weights.
+
+Reads:  params data.source, data.manifest, data.classes (synthetic data only), model.encoder,
+        model.encoder_weights; the manifest file; data/downloads/ (download cache)
+Writes: data/raw/ (the dataset, verified against the manifest), models/pretrained/ (encoder
+        weights; empty for model.encoder_weights: null)
+"""
 
 from pipeline.core.stage import run_stage
 
@@ -23,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("fetch", main)
+    run_stage("fetch", main, __doc__)

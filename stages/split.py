@@ -1,4 +1,10 @@
-"""Stage split: data/raw/ -> data/split/ (seeded train/val/test, decoded and resized once) and data/report.json."""
+"""Stage split: check, repair, decode and resize every pair once; split into train/val/test.
+
+Reads:  data/raw/; params data.layout, data.classes, data.palette, data.on_bad_sample,
+        data.image_size, split.val_fraction, split.test_fraction, split.seed
+Writes: data/split/ (uint8 arrays per split, split.json with ids, classes and the data's
+        content hash), data/report.json (what was found, repaired and skipped)
+"""
 
 from pipeline.core.stage import run_stage
 
@@ -21,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("split", main)
+    run_stage("split", main, __doc__)

@@ -1,4 +1,9 @@
-"""Stage train: data/split/ -> models/best.pt, models/run.json, metrics/; one MLflow run.
+"""Stage train: train the network, one MLflow run per training.
+
+Reads:  data/split/, data/report.json, models/pretrained/, models/last.pt (to resume);
+        params data.source, data.image_size, model.*, train.*, mlflow.experiment
+Writes: models/best.pt, models/last.pt (resume checkpoint, not a DVC output), models/run.json,
+        metrics/train.json, metrics/history.csv (after every epoch); an MLflow run
 
 Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
 """
@@ -61,4 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage("train", main)
+    run_stage("train", main, __doc__)

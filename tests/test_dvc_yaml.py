@@ -1,5 +1,9 @@
 """dvc.yaml must list, for each stage, the code it runs and exactly the params keys it reads."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from ruamel.yaml import YAML
 
@@ -35,3 +39,27 @@ def test_stages_with_mlflow_side_effects_stay_out_of_the_run_cache():
         return any(isinstance(out, dict) and next(iter(out.values())).get("persist") for out in outs)
 
     assert persisted("train") and persisted("evaluate")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_scripts_answer_help_with_what_they_read_and_write(stage, tmp_path):
+    """Run from an empty folder: --help must not read params.yaml or start any work."""
+    script = str(PROJECT_ROOT / "stages" / f"{stage}.py")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    helped = subprocess.run([sys.executable, script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr
+    assert "Reads:" in helped.stdout and "Writes:" in helped.stdout
+    for out in STAGES[stage].get("outs", []) + STAGES[stage].get("metrics", []):
+        assert (next(iter(out)) if isinstance(out, dict) else out) in helped.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stages_refuse_unknown_arguments_before_any_work(monkeypatch, capsys):
+    from pipeline.core.stage import run_stage
+
+    started = []
+    monkeypatch.setattr(sys, "argv", ["stages/train.py", "--epochs", "3"])
+    with pytest.raises(SystemExit) as exited:
+        run_stage("train", lambda: started.append(True), "Stage train.")
+    assert exited.value.code == 2 and started == []
+    assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err

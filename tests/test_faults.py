@@ -5,6 +5,7 @@ Download, manifest and archive faults are in test_fetch.py; resume determinism i
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -22,8 +23,10 @@ from tests.helpers.project import (
     copy_project,
     environment,
     load_params,
+    ran_stages,
     run,
     run_queued_experiments,
+    set_param,
     tiny_params,
     write_params,
 )
@@ -82,21 +85,29 @@ def fresh_start(project: Path) -> None:
 
 
 def test_kill_9_mid_epoch_then_resume_loses_nothing(project):
+    """Killed after epoch 2 of 4: the history file already holds both epochs, and resuming adds the rest."""
     fresh_start(project)
-    process = start_train(project)
-    wait_for_epoch(project, process, 1)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    run_id = run_id_in_last(project)
+    set_param(project, "train", "epochs", 4)
+    try:
+        process = start_train(project)
+        wait_for_epoch(project, process, 2)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        history = project / "metrics" / "history.csv"
+        assert [row["epoch"] for row in csv.DictReader(history.open())] == ["1", "2"]
+        run_id = run_id_in_last(project)
 
-    resumed = run(project, sys.executable, "stages/train.py")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming after epoch 1 of {EPOCHS} (run {run_id})" in resumed.stdout
-    assert json.loads((project / "models" / "run.json").read_text())["run_id"] == run_id
-    history = client(project).get_metric_history(run_id, "val_dice")
-    assert sorted(metric.step for metric in history) == list(range(1, EPOCHS + 1))
-    assert client(project).get_run(run_id).info.status == "FINISHED"
-    assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] in range(1, EPOCHS + 1)
+        resumed = run(project, sys.executable, "stages/train.py")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resuming after epoch 2 of 4 (run {run_id})" in resumed.stdout
+        assert json.loads((project / "models" / "run.json").read_text())["run_id"] == run_id
+        assert [row["epoch"] for row in csv.DictReader(history.open())] == ["1", "2", "3", "4"]
+        history = client(project).get_metric_history(run_id, "val_dice")
+        assert sorted(metric.step for metric in history) == [1, 2, 3, 4]
+        assert client(project).get_run(run_id).info.status == "FINISHED"
+        assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] in range(1, 5)
+    finally:
+        set_param(project, "train", "epochs", EPOCHS)
 
 
 def test_sigterm_saves_marks_the_run_killed_and_says_how_to_resume(project):
@@ -152,17 +163,51 @@ def test_truncated_checkpoint_gives_a_clear_error(project):
     assert "evaluate: error: models/best.pt: not a readable checkpoint" in result.stderr
 
 
-def test_two_queued_experiments_in_parallel_lose_no_run_or_metric(project):
+def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validation_picks_champion(project):
+    """`dvc exp run --queue -S train.lr=a,b`: each experiment's run carries its name, a full
+    history and its data; evaluate compares validation Dice, and a change of evaluate.* alone
+    cannot move the champion by a test score."""
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
     run(project, "dvc", "checkout", "--force")
-    run_queued_experiments(project, ["0.002", "0.004"])
-    experiment = client(project).get_experiment_by_name("human-segmentation").experiment_id
-    runs = [r for r in client(project).search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
+    baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    # Sample system metrics every second, so that even a short training run logs some.
+    run_queued_experiments(project, ["0.002", "0.004"], MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
+    names = set(run(project, "dvc", "exp", "ls", "--name-only", check=True).stdout.split())
+    shown = run(project, "dvc", "exp", "show", "--no-pager", check=True).stdout
+    assert len(names) == 2 and all(name in shown for name in names), shown
+
+    mlflow_client = client(project)
+    experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
+    runs = [r for r in mlflow_client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
+    assert {r.info.run_name for r in runs} == names
+    data_hash = json.loads((project / "data" / "split" / "split.json").read_text())["data_hash"]
     for found in runs:
+        assert found.data.tags["dvc.exp_name"] == found.info.run_name
+        assert found.data.tags["dvc.baseline_rev"] == baseline
         assert found.info.status == "FINISHED"
-        assert len(client(project).get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
-        assert "test_dice" in found.data.metrics
+        assert len(mlflow_client.get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
+        assert "test_dice" in found.data.metrics and "data/pairs_used" in found.data.metrics
+        assert any(name.startswith("system/cpu_utilization") for name in found.data.metrics), found.data.metrics
+        assert [d.dataset.digest for d in found.inputs.dataset_inputs] == [data_hash[:16]]
+    versions = mlflow_client.search_model_versions("name='human-segmentation-unet'")
+    for version in versions:
+        if version.run_id in {r.info.run_id for r in runs}:
+            assert version.tags["alias_metric"] == "val_dice" and "validation Dice" in version.tags["alias_reason"]
+
+    # Make the champion's test score as beatable as can be and its validation score unbeatable:
+    # a new version that differs only in evaluate.* must stay challenger.
+    champion = mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion")
+    mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "test_dice", "0.0")
+    mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "val_dice", "1.0")
+    set_param(project, "evaluate", "threshold", 0.35)
+    assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate"}
+    decision = json.loads((project / "models" / "registry.json").read_text())
+    assert (decision["metric"], decision["alias"]) == ("val_dice", "challenger")
+    assert (decision["champion_version"], decision["champion_val_dice"]) == (champion.version, 1.0)
+    assert f"does not beat champion version {champion.version} (1.0000)" in decision["reason"]
+    assert mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion").version == champion.version
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
 
 
 def test_torchrun_two_processes_train_and_log_once(project):

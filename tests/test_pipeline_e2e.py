@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,9 +12,21 @@ import cv2
 import mlflow
 import numpy as np
 import pytest
+from ruamel.yaml import YAML
 
+from tests.helpers import browser
 from tests.helpers.httpserver import FileServer, closed_port_url
-from tests.helpers.project import STAGES, copy_project, load_params, repro, run, set_param, tiny_params, write_params
+from tests.helpers.project import (
+    PROJECT_ROOT,
+    STAGES,
+    copy_project,
+    load_params,
+    repro,
+    run,
+    set_param,
+    tiny_params,
+    write_params,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +48,6 @@ def client(project):
 
 
 def read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -50,7 +61,7 @@ def test_metrics_files_hold_sane_numbers(project):
     assert evaluation["test_dice"] > 0.3  # a foreground-everywhere guess scores about 0.4; anything sane is near it
     # evaluate.threshold is `auto`: the sweep's best on val, stored beside the checkpoint for predict.
     sweep = list(csv.DictReader((project / "metrics" / "threshold_sweep.csv").open()))
-    assert len(sweep) == 19
+    assert len(sweep) == 19 and list(sweep[0]) == ["threshold", "dice", "iou", "precision", "recall"]
     best = max(sweep, key=lambda row: float(row["dice"]))
     assert float(best["dice"]) == pytest.approx(evaluation["val_dice_at_threshold"])
     assert read_json(project / "models" / "inference.json")["threshold"] == evaluation["threshold"]
@@ -73,8 +84,14 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
         assert len(client.get_metric_history(run.info.run_id, name)) == 2, name
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.encoder"] == "resnet18"
     assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["git_commit"] != "unknown"
+    assert "dvc.exp_name" not in run.data.tags  # a plain `dvc repro` is no experiment
+    # The data report's numbers under data/, after the loss and Dice curves; per-epoch names unchanged.
     headline = read_json(project / "data" / "report.json")["headline"]
-    assert {name: run.data.metrics[name] for name in headline} == headline  # the data report's numbers
+    assert {name: run.data.metrics["data/" + name.removeprefix("data_")] for name in headline} == headline
+    assert run.data.metrics["data/pairs_used"] == 290 and "data_pairs_used" not in run.data.metrics
+    (dataset,) = [found.dataset for found in run.inputs.dataset_inputs]
+    assert dataset.digest == run.data.tags["data_hash"][:16] and dataset.source_type == "http"
+    assert read_json(project / "data" / "split" / "split.json")["counts"] == json.loads(dataset.profile)
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
@@ -94,6 +111,7 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
 def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(project, client):
     decision = read_json(project / "models" / "registry.json")
     assert (decision["version"], decision["alias"], decision["champion_version"]) == ("1", "champion", None)
+    assert decision["metric"] == "val_dice" and "validation Dice" in decision["metric_description"]
     version = client.get_model_version("human-segmentation-unet", "1")
     run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
     assert version.run_id == run.info.run_id
@@ -102,6 +120,8 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     }
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
+    assert float(version.tags["val_dice"]) == decision["val_dice"] == evaluation["val_dice_at_threshold"]
+    assert version.tags["alias_metric"] == "val_dice" and "## Champion selection\n`val_dice`" in version.description
     model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
     assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
     assert [mask.shape for mask in model.predict(np.zeros((3, 64, 64, 3)))] == [(64, 64)] * 3
@@ -110,6 +130,54 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
 
 def test_repro_again_runs_nothing(project):
     assert repro(project) == set()
+
+
+def declared_plots() -> dict[str, dict]:
+    """dvc.yaml's top-level plots: title (or image path) -> its properties."""
+    entries = YAML(typ="safe", pure=True).load((PROJECT_ROOT / "dvc.yaml").read_text())["plots"]
+    return dict(next(iter(entry.items())) if isinstance(entry, dict) else (entry, {}) for entry in entries)
+
+
+def axis_titles(spec: object, axis: str) -> set[str]:
+    """Every title the chart's encodings give ``axis`` (DVC's templates nest them in layers)."""
+    if isinstance(spec, list):
+        return set().union(*(axis_titles(item, axis) for item in spec))
+    if not isinstance(spec, dict):
+        return set()
+    found = {spec["encoding"][axis]["title"]} if axis in spec.get("encoding", {}) else set()
+    return found.union(*(axis_titles(value, axis) for key, value in spec.items() if key != "encoding"))
+
+
+def test_plots_show_draws_exactly_the_declared_charts_once_with_titles_and_axis_labels(project):
+    shown = json.loads(run(project, "dvc", "plots", "show", "--json", check=True).stdout)
+    declared = declared_plots()
+    assert "errors" not in shown
+    assert set(shown["data"]) == set(declared)
+    for name, charts in shown["data"].items():
+        (chart,) = charts  # each once
+        if name.endswith(".png"):
+            assert chart["type"] == "image" and Path(chart["url"]).exists()
+            continue
+        spec = chart["content"]
+        assert spec["title"]["text"] == name
+        assert axis_titles(spec, "x") == {declared[name]["x_label"]}, name
+        assert axis_titles(spec, "y") == {declared[name]["y_label"]}, name
+
+
+def test_plots_page_renders_every_chart_in_a_browser(project, tmp_path):
+    if reason := browser.missing():
+        pytest.skip(reason)
+    run(project, "dvc", "plots", "show", "--out", str(tmp_path / "plots"), check=True)
+    try:
+        page = browser.offline_page(tmp_path / "plots" / "index.html")
+    except FileNotFoundError as missing:
+        pytest.skip(f"no local copy of a script the page loads: {missing}")
+    dom = browser.render(page, tmp_path / "profile", tmp_path / "plots.png")
+    charts = [name for name in declared_plots() if not name.endswith(".png")]
+    # vega-embed draws each chart into a canvas; a spec it cannot draw leaves its div empty.
+    assert dom.count('class="marks"') == len(charts), dom[-2000:]
+    assert dom.count("<img") == len(declared_plots()) - len(charts)
+    assert (tmp_path / "plots.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(
@@ -137,11 +205,11 @@ def test_changing_lr_reruns_train_and_evaluate_only(project, client):
     assert repro(project) == {"train", "evaluate"}
     versions = client.search_model_versions("name='human-segmentation-unet'")
     assert len(versions) == 2
-    # Same test set: version 2 is champion exactly when its test Dice beats version 1's.
+    # Same validation set: version 2 is champion exactly when its validation Dice beats version 1's.
     decision = read_json(project / "models" / "registry.json")
-    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["test_dice"])
-    assert decision["champion_version"] == "1" and decision["champion_test_dice"] == first_dice
-    assert decision["alias"] == ("champion" if decision["test_dice"] > first_dice else "challenger")
+    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["val_dice"])
+    assert decision["champion_version"] == "1" and decision["champion_val_dice"] == first_dice
+    assert decision["alias"] == ("champion" if decision["val_dice"] > first_dice else "challenger")
     assert client.get_registered_model("human-segmentation-unet").aliases[decision["alias"]] == 2
 
 
@@ -155,7 +223,7 @@ def test_changing_split_seed_reruns_all_but_fetch(project):
     set_param(project, "split", "seed", 7)
     assert repro(project) == {"split", "train", "evaluate"}
     decision = read_json(project / "models" / "registry.json")
-    assert decision["alias"] == "challenger" and "other test data" in decision["reason"]
+    assert decision["alias"] == "challenger" and "validated on other data" in decision["reason"]
 
 
 def test_predict_cli_writes_masks_at_original_size(project, tmp_path):

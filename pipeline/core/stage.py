@@ -1,7 +1,8 @@
-"""What every stage entry point shares: clean errors, and SIGTERM treated like Ctrl-C."""
+"""What every stage entry point shares: --help, clean errors, and SIGTERM treated like Ctrl-C."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 from collections.abc import Callable
@@ -24,7 +25,16 @@ def printable_names() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
-def run_stage(name: str, main: Callable[[], None]) -> None:
+def run_stage(name: str, main: Callable[[], None], description: str) -> None:
+    """Run a stage's ``main``. It takes no arguments (params.yaml configures it): ``--help``
+    prints ``description`` (what the stage reads and writes) and anything else is refused."""
+    parser = argparse.ArgumentParser(
+        prog=f"python stages/{name}.py",
+        description=description,
+        epilog="Run by `dvc repro` (see dvc.yaml); every setting is a key in params.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     printable_names()
     try:

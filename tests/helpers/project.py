@@ -87,13 +87,12 @@ def repro(project: Path, **extra: str) -> set[str]:
 
 
 def run_queued_experiments(project: Path, learning_rates: list[str], **extra: str) -> None:
-    """`dvc exp run --queue -S train.lr=...` for each rate, `dvc queue start --jobs 2`, wait for all to succeed.
+    """A sweep, `dvc exp run --queue -S train.lr=a,b,...`, run by `dvc queue start --jobs 2`; waits for all to succeed.
 
     The queue's workers inherit ``extra`` (e.g. MLFLOW_TRACKING_URI) from `dvc queue start`.
     """
-    for lr in learning_rates:
-        queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}", **extra)
-        assert queued.returncode == 0, queued.stderr
+    queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(learning_rates)}", **extra)
+    assert queued.returncode == 0, queued.stderr
     started = run(project, "dvc", "queue", "start", "--jobs", "2", **extra)
     assert started.returncode == 0, started.stderr
     deadline = time.monotonic() + 480

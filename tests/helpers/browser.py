@@ -1,0 +1,62 @@
+"""Headless Chromium for looking at `dvc plots show`'s page as a user would (scripts/ensure-chromium.sh)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.helpers.project import PROJECT_ROOT
+
+VEGA_CACHE = PROJECT_ROOT / ".cache" / "vega"
+CDN_SCRIPT = re.compile(r'src="https://cdn\.jsdelivr\.net/npm/([a-z-]+@[0-9.]+)"')
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+# Scripts run in virtual time: the page has rendered when it is used up, however slow the machine.
+VIRTUAL_TIME_MS = 20_000
+
+
+def missing() -> str | None:
+    """Why the page cannot be rendered here, or None."""
+    if shutil.which("chromium") is None:
+        return "chromium is not installed (`make test` installs it: scripts/ensure-chromium.sh)"
+    return None
+
+
+def offline_page(index: Path) -> Path:
+    """The page with its CDN scripts swapped for the copies in .cache/vega/ (the machine may be offline)."""
+    html = index.read_text(encoding="utf-8")
+    for package in CDN_SCRIPT.findall(html):
+        if not (VEGA_CACHE / f"{package}.js").exists():
+            raise FileNotFoundError(f"{VEGA_CACHE / package}.js (scripts/ensure-chromium.sh fetches it)")
+    local = index.with_name("offline.html")
+    local.write_text(CDN_SCRIPT.sub(lambda m: f'src="{(VEGA_CACHE / m[1]).as_uri()}.js"', html), encoding="utf-8")
+    return local
+
+
+def render(page: Path, profile: Path, screenshot: Path) -> str:
+    """The page's DOM after its scripts ran; also saves a full-page screenshot."""
+
+    def chromium(name: str, *action: str) -> subprocess.CompletedProcess:
+        command = [
+            "chromium",
+            *FLAGS,
+            f"--user-data-dir={profile / name}",  # a fresh profile each time
+            f"--virtual-time-budget={VIRTUAL_TIME_MS}",
+            "--allow-file-access-from-files",
+            "--window-size=1400,3000",
+            *action,
+            page.as_uri(),
+        ]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=180)
+
+    chromium("screenshot", f"--screenshot={screenshot}")
+    return chromium("dom", "--dump-dom").stdout
