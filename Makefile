@@ -8,10 +8,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: repro demo test lint bench venv tracking-server tracking-server-stop clean-venv
 
+# The first install downloads several GB (PyTorch with its CUDA libraries; README, "What the
+# first install costs"): pip shows its progress rather than sitting silent for minutes.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
 repro: $(INSTALLED)
@@ -21,9 +23,11 @@ repro: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
-# As root with apt-get, installs PostgreSQL for the team tests when it is missing (else they skip, saying why).
+# As root with apt-get, installs PostgreSQL for the team tests and Chromium (with the Vega
+# scripts, via npm) for the plots render test when they are missing (else they skip, saying why).
 test: lint
 	bash scripts/ensure-postgresql.sh
+	PYTHON=$(BIN)/python bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 # Style, formatting and declared-vs-imported dependencies; configured in pyproject.toml.

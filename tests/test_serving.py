@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
+import re
 import zipfile
 
 import mlflow
@@ -132,3 +134,11 @@ def test_served_model_answers_invocations_and_rejects_bad_payloads(server, photo
     assert status == 400 and "expected a column 'image'" in answer["message"]
     status, answer = post(f"{server}/invocations", {"something": 1})
     assert status == 400
+
+
+def test_registering_leaves_mlflow_nothing_to_warn_about(tmp_path, recwarn, caplog):
+    """predict's annotation and the stated signature: no "Add type hints" or signature warnings."""
+    register(tmp_path, tiny_checkpoint(tmp_path / "best.pt"), threshold=0.5)
+    said = [str(warning.message) for warning in recwarn]
+    said += [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not [text for text in said if re.search("type hint|signature|input example", text, re.IGNORECASE)], said
