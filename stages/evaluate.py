@@ -86,6 +86,7 @@ def main() -> None:
         metrics=metrics,
         threshold_source=source,
         worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
+        classes=classes,
         data_source=training_tags.get(DATA_SOURCE_TAG, "an unrecorded source"),
         selection=(
             f"`{SELECTION_METRIC}` {val_dice:.4f}: the {SELECTION_DESCRIPTION} on the {split_info.counts['val']} "
