@@ -121,7 +121,7 @@ def notebook_loop(cfg, pairs, val_loader, epochs, target):
     load_pretrained_encoder(model, cfg.model, PRETRAINED_DIR)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    loss_fn = build_loss(classes)
+    loss_fn = build_loss(cfg.train.loss, classes)
     loader = Timed(
         DataLoader(
             NotebookDataset(pairs, cfg.data.image_size, augment=True, classes=classes),

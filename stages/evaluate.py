@@ -51,11 +51,11 @@ def main() -> None:
     run = RunInfo.load(paths.RUN_INFO)
     require_run(run, cfg.mlflow.experiment)
     split_info = SplitInfo.read(paths.SPLIT_DIR)
-    model, device = load_for_evaluation(paths.BEST_CHECKPOINT)
+    model, loss_fn, device = load_for_evaluation(paths.BEST_CHECKPOINT)
 
-    val = predict_split(model, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
+    val = predict_split(model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
     threshold, curve, source = choose_threshold(cfg, val)
-    test = predict_split(model, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
+    test = predict_split(model, loss_fn, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
     classes = test.classes
     metrics = test.scores(threshold)
     # The champion decision's score: the deployable model (threshold, TTA) on the validation split.

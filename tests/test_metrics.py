@@ -68,8 +68,8 @@ def logits_for_classes(class_ids: list[list[int]], count: int = 3) -> torch.Tens
 
 def test_multiclass_loss_is_zero_for_a_perfect_prediction_and_grows_with_errors():
     truth = torch.tensor([[0, 1], [2, 2]], dtype=torch.float32)[None, None]
-    loss = build_loss(THREE)
-    assert isinstance(loss, DiceCELoss) and isinstance(build_loss(PERSON), DiceBCELoss)
+    loss = build_loss("auto", THREE)
+    assert isinstance(loss, DiceCELoss) and isinstance(build_loss("auto", PERSON), DiceBCELoss)
     assert float(loss(logits_for_classes([[0, 1], [2, 2]]), truth)) == pytest.approx(0, abs=1e-6)
     # One pixel of four confidently wrong: cross-entropy 2 * BIG / 4 = 10, plus a Dice term.
     assert float(loss(logits_for_classes([[0, 1], [2, 1]]), truth)) > 10

@@ -17,6 +17,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from .classes import ClassSpec
 from .errors import ConfigError
+from .extensions import AUTO, LOSS_FITS, layout_pattern, loss_misfit
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -29,7 +30,7 @@ class DataConfig(_Section):
     source: str = Field(min_length=1)
     manifest: str | None
     # How split finds pairs in data/raw: auto, csv, csv:<file>, folders, folders:<images>,<masks>.
-    layout: str = Field(pattern=r"^(auto|csv|folders|csv:[^,]+|folders:[^,]+,[^,]+)$")
+    layout: str = Field(pattern=layout_pattern())
     # Background first; two classes is binary segmentation. Names become metric names (test_dice_<name>).
     # At most 255 so that class ids fit the uint8 masks predict writes.
     classes: list[str] = Field(min_length=2, max_length=255)
@@ -150,6 +151,15 @@ class TrainConfig(_Section):
     compile: bool
     scheduler: Literal["none", "cosine", "onecycle"]
     warmup_epochs: int = Field(ge=0)
+    # auto: dice_bce for two classes, dice_ce for more; whether a named loss fits is checked on Config.
+    loss: str
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value != AUTO and value not in LOSS_FITS:
+            raise ValueError(f"unknown loss; choose one of: {', '.join([AUTO, *LOSS_FITS])}")
+        return value
 
 
 class EvaluateConfig(_Section):
@@ -178,6 +188,13 @@ class Config(_Section):
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
 
+    @model_validator(mode="after")
+    def _loss_fits_the_classes(self) -> Config:
+        problem = loss_misfit(self.train.loss, len(self.data.classes))
+        if problem:
+            raise ValueError(f"train.loss: {problem}")
+        return self
+
     def flat(self) -> dict[str, Any]:
         """Every parameter as ``section.key: value``, the form MLflow logs and DVC shows."""
         return {
@@ -187,6 +204,8 @@ class Config(_Section):
 
 def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
+    if not key:  # a check across sections names its keys itself
+        return error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if error["type"] == "missing":

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.splits import SplitInfo, load_split
-from ..model.checkpoint import load_model
+from ..model.checkpoint import checkpoint_classes, checkpoint_loss, load_model
 from ..model.inputs import SegmentationDataset, eval_transform
 from ..model.losses import build_loss
 from ..model.metrics import SegmentationMetrics
@@ -34,7 +34,7 @@ class SplitPredictions:
     images: np.ndarray  # (N, S, S, 3) uint8, for the gallery
     masks: torch.Tensor  # (N, 1, S, S) float class ids (0/1 for binary)
     logits: torch.Tensor  # (N, 1, S, S) for binary, (N, C, S, S) for C classes
-    loss: float  # mean training loss per image (Dice + BCE, or Dice + CE)
+    loss: float  # mean training loss per image (the loss the checkpoint was trained with)
     classes: ClassSpec
 
     # ``threshold`` cuts binary probabilities; multi-class models take the top class and it is None.
@@ -64,12 +64,13 @@ class SplitPredictions:
 
 
 @torch.no_grad()
-def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool) -> SplitPredictions:
+def predict_split(
+    model: nn.Module, loss_fn: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool
+) -> SplitPredictions:
     images, masks = load_split(split_dir, split)
     loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
     info = SplitInfo.read(split_dir)
     classes = info.classes
-    loss_fn = build_loss(classes)
     model.eval()
     logits, truths, total = [], [], 0.0
     for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
@@ -82,15 +83,16 @@ def predict_split(model: nn.Module, split_dir: Path, split: str, device: torch.d
     )
 
 
-def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, torch.device]:
+def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, nn.Module, torch.device]:
+    """The network, the loss it was trained with (named in the checkpoint, not read from train.*), the device."""
     device = resolve_device("auto")
-    model, _ = load_model(checkpoint)
-    return model.to(device), device
+    model, payload = load_model(checkpoint)
+    return model.to(device), build_loss(checkpoint_loss(payload), checkpoint_classes(payload)), device
 
 
 def evaluate_checkpoint(
     checkpoint: Path, split_dir: Path, split: str, threshold: float | None, tta: bool = False
 ) -> dict[str, float]:
     """Loss and metrics of ``checkpoint`` on ``split`` at ``threshold``, prefixed with the split's name."""
-    model, device = load_for_evaluation(checkpoint)
-    return predict_split(model, split_dir, split, device, tta).scores(threshold)
+    model, loss_fn, device = load_for_evaluation(checkpoint)
+    return predict_split(model, loss_fn, split_dir, split, device, tta).scores(threshold)

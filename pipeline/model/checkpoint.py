@@ -11,6 +11,7 @@ from torch import nn
 from ..core.classes import PERSON, ClassSpec
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
+from ..core.extensions import AUTO
 from ..core.files import write_torch
 from .network import build_model
 
@@ -45,6 +46,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
     # Checkpoints written before classes were configurable are all binary person models.
     return ClassSpec.from_dict(payload["classes"]) if "classes" in payload else PERSON
+
+
+def checkpoint_loss(payload: dict[str, Any]) -> str:
+    """The train.loss the checkpoint was trained with, so evaluation reports the same loss."""
+    # Checkpoints written before train.loss existed were trained with the class count's default.
+    return payload.get("loss", AUTO)
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -1,24 +1,30 @@
 """Find the image/mask pairs in a fetched dataset, whatever its layout.
 
-Two layouts are understood: a CSV file listing image and mask paths (the reference
-dataset's ``train.csv``), and two folders whose files pair up by name. ``data.layout``
-picks one when a dataset could be read either way: ``auto`` (a pair CSV if there is
-exactly one, else the folders), ``csv`` / ``csv:<file>``, ``folders`` /
-``folders:<images folder>,<masks folder>`` (paths relative to the dataset root).
-Problems that concern pairing (unpaired files, two files with one name, a CSV row
-pointing nowhere) are returned as ``BadSample`` records, never dropped silently.
+Each layout is an object with ``detect`` (is this dataset laid out so, and how exactly) and
+``read`` (its pairs), registered in ``LAYOUTS`` under the name ``data.layout`` uses; the names
+and their arguments are declared in ``core/extensions.py``, from which the config derives the
+values it accepts. Two layouts are understood: a CSV file listing image and mask paths (the
+reference dataset's ``train.csv``), and two folders whose files pair up by name.
+``data.layout`` picks one when a dataset could be read either way: ``auto`` (each layout in
+turn: a pair CSV if there is exactly one, else the folders), ``csv`` / ``csv:<file>``,
+``folders`` / ``folders:<images folder>,<masks folder>`` (paths relative to the dataset root).
+Problems that concern pairing (unpaired files, two files with one name, a CSV row pointing
+nowhere) are returned as ``BadSample`` records, never dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
 from ..core.errors import DataError
+from ..core.extensions import AUTO, layout_usage
 from ..core.images import IMAGE_SUFFIXES
 from .report import BadSample
 
@@ -76,24 +82,6 @@ def _folders(root: Path) -> list[Path]:
 
 def _named(folders: Iterable[Path], names: Sequence[str]) -> list[Path]:
     return [folder for folder in folders if folder.name.lower() in names]
-
-
-def _find_folders(root: Path) -> tuple[Path, Path]:
-    folders = _folders(root)
-    images, masks = _named(folders, IMAGE_DIR_NAMES), _named(folders, MASK_DIR_NAMES)
-    if not images or not masks:
-        role, names = ("image", IMAGE_DIR_NAMES) if not images else ("mask", MASK_DIR_NAMES)
-        raise DataError(
-            f"{root}: no {role} folder found (looked for a pair CSV and for folders named {', '.join(names)}); "
-            "set data.layout to folders:<images folder>,<masks folder> or csv:<file>"
-        )
-    if len(images) > 1 or len(masks) > 1:
-        listed = ", ".join(_relative(folder, root) for folder in images + masks)
-        raise DataError(
-            f"{root}: several candidate image/mask folders ({listed}); "
-            "choose with data.layout: folders:<images folder>,<masks folder>"
-        )
-    return images[0], masks[0]
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -263,10 +251,80 @@ def from_csv(root: Path, csv_path: Path) -> Inventory:
     return inventory
 
 
-def _inside(root: Path, relative: str, key_hint: str) -> Path:
+class NotFound(DataError):
+    """A layout's ``detect`` found no reading of the dataset; ``auto`` then tries the next layout."""
+
+
+class Layout(ABC):
+    """One way a dataset can list its pairs; ``data.layout`` names it, alone or with its arguments."""
+
+    name: ClassVar[str]
+
+    @property
+    def usage(self) -> str:
+        return layout_usage(self.name)
+
+    @abstractmethod
+    def detect(self, root: Path) -> tuple[Path, ...]:
+        """The arguments (paths under ``root``) of the one reading of ``root`` in this layout.
+        Raises NotFound when there is none, DataError when there are several."""
+
+    @abstractmethod
+    def read(self, root: Path, arguments: tuple[Path, ...]) -> Inventory:
+        """The pairs, and the pairing problems, of ``root`` read with ``arguments``."""
+
+
+class CsvLayout(Layout):
+    name = "csv"
+
+    def detect(self, root: Path) -> tuple[Path, ...]:
+        csvs = pair_csvs(root)
+        if len(csvs) > 1:
+            listed = ", ".join(_relative(path, root) for path in csvs)
+            raise DataError(
+                f"{root}: several CSV files list image/mask pairs ({listed}); choose one with data.layout: {self.usage}"
+            )
+        if not csvs:
+            raise NotFound(f"{root}: data.layout is csv but no CSV file names an image and a mask column")
+        return (csvs[0],)
+
+    def read(self, root: Path, arguments: tuple[Path, ...]) -> Inventory:
+        return from_csv(root, *arguments)
+
+
+class FoldersLayout(Layout):
+    name = "folders"
+
+    def detect(self, root: Path) -> tuple[Path, ...]:
+        folders = _folders(root)
+        images, masks = _named(folders, IMAGE_DIR_NAMES), _named(folders, MASK_DIR_NAMES)
+        if not images or not masks:
+            role, names = ("image", IMAGE_DIR_NAMES) if not images else ("mask", MASK_DIR_NAMES)
+            raise NotFound(
+                f"{root}: no {role} folder found (looked for a pair CSV and for folders named {', '.join(names)}); "
+                f"set data.layout to {self.usage} or {layout_usage('csv')}"
+            )
+        if len(images) > 1 or len(masks) > 1:
+            listed = ", ".join(_relative(folder, root) for folder in images + masks)
+            raise DataError(
+                f"{root}: several candidate image/mask folders ({listed}); choose with data.layout: {self.usage}"
+            )
+        return images[0], masks[0]
+
+    def read(self, root: Path, arguments: tuple[Path, ...]) -> Inventory:
+        return from_folders(root, *arguments)
+
+
+# data.layout names (declared with their arguments in core/extensions.py) -> layouts; `auto` tries them in order.
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (CsvLayout(), FoldersLayout())}
+
+
+def _inside(root: Path, relative: str, layout: Layout) -> Path:
     path = root / relative.strip()
     if ".." in PurePosixPath(relative).parts or not path.exists():
-        raise DataError(f"data.layout: {relative!r} is not a path inside the dataset root {root} ({key_hint})")
+        raise DataError(
+            f"data.layout: {relative!r} is not a path inside the dataset root {root} (expected {layout.usage})"
+        )
     return path
 
 
@@ -275,21 +333,16 @@ def find_inventory(root: str | Path, layout: str) -> Inventory:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder does not exist (run the fetch stage first)")
-    kind, _, argument = layout.partition(":")
-    if kind == "folders" and argument:
-        images, _, masks = argument.partition(",")
-        hint = "expected folders:<images folder>,<masks folder>"
-        return from_folders(root, _inside(root, images, hint), _inside(root, masks, hint))
-    if kind == "csv" and argument:
-        return from_csv(root, _inside(root, argument, "expected csv:<file>"))
-    csvs = pair_csvs(root) if kind in ("auto", "csv") else []
-    if len(csvs) > 1:
-        listed = ", ".join(_relative(path, root) for path in csvs)
-        raise DataError(
-            f"{root}: several CSV files list image/mask pairs ({listed}); choose one with data.layout: csv:<file>"
-        )
-    if csvs:
-        return from_csv(root, csvs[0])
-    if kind == "csv":
-        raise DataError(f"{root}: data.layout is csv but no CSV file names an image and a mask column")
-    return from_folders(root, *_find_folders(root))
+    name, _, argument = layout.partition(":")
+    if argument:
+        chosen = LAYOUTS[name]
+        return chosen.read(root, tuple(_inside(root, part, chosen) for part in argument.split(",")))
+    *earlier, last = LAYOUTS.values() if name == AUTO else [LAYOUTS[name]]
+    for candidate in earlier:
+        try:
+            arguments = candidate.detect(root)
+        except NotFound:
+            continue
+        return candidate.read(root, arguments)
+    # The last one's NotFound (a DataError) says what was looked for and how to choose.
+    return last.read(root, last.detect(root))

@@ -22,6 +22,7 @@ from ..core.classes import ClassSpec
 from ..core.config import Config
 from ..core.device import choose_precision, resolve_device
 from ..core.errors import ModelError
+from ..core.extensions import resolve_loss
 from ..core.files import write_csv, write_torch
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import read_checkpoint, save_checkpoint
@@ -124,6 +125,8 @@ class TrainingSession:
         self.precision = choose_precision(cfg.train.amp, self.device)
         self.split_info = SplitInfo.read(split_dir)
         self.classes = self.split_info.classes
+        # Before any work: a loss that does not fit the classes fails at start-up, naming train.loss.
+        self.loss_fn = build_loss(cfg.train.loss, self.classes)
         torch.manual_seed(cfg.train.seed)
         cuda = self.device.type == "cuda"
         self.workers = loader_workers(cfg.train.num_workers, self.device)
@@ -169,7 +172,6 @@ class TrainingSession:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
-        self.loss_fn = build_loss(self.classes)
         self.state = TrainState(training_fingerprint(cfg, self.split_info.data_hash, self.classes))
         self.resume_note = self._maybe_resume()
 
@@ -283,6 +285,7 @@ class TrainingSession:
                     self.cfg.model,
                     self.classes,
                     image_size=self.cfg.data.image_size,
+                    loss=resolve_loss(self.cfg.train.loss, self.classes.binary),
                     epoch=epoch,
                     val_loss=row["val_loss"],
                     val_dice=row["val_dice"],

@@ -1,0 +1,123 @@
+"""Extension points by name: the layouts and losses params.yaml can choose, declared in core and
+implemented where they are used, agree; the config refuses what does not exist or does not fit."""
+
+import re
+
+import pytest
+import torch
+
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.core.config import parse_config
+from pipeline.core.errors import ConfigError
+from pipeline.core.extensions import LAYOUT_ARGUMENTS, LOSS_FITS, layout_pattern
+from pipeline.evaluate.predictions import load_for_evaluation
+from pipeline.model.checkpoint import save_checkpoint
+from pipeline.model.losses import LOSSES, DiceBCELoss, DiceCELoss, LovaszLoss, build_loss
+from pipeline.model.network import build_model
+from pipeline.prepare.layouts import LAYOUTS
+from tests.helpers.modelstore import TINY_MODEL, tiny_checkpoint
+
+THREE = ClassSpec(("background", "cat", "dog"), None)
+BIG = 20.0  # a logit whose sigmoid (or softmax share) is 1 to float precision
+
+
+def test_core_declares_exactly_the_registered_names_in_order():
+    assert list(LAYOUTS) == list(LAYOUT_ARGUMENTS)
+    assert list(LOSSES) == list(LOSS_FITS)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("auto", True),
+        ("csv", True),
+        ("csv:lists/train.csv", True),
+        ("folders", True),
+        ("folders:rgb,annotations", True),
+        ("folders:rgb", False),  # two folders or none
+        ("csv:a.csv,b.csv", False),
+        ("folders:a,b,c", False),
+        ("parquet", False),
+        ("", False),
+        ("auto:x", False),
+    ],
+)
+def test_data_layout_accepts_each_layout_with_its_arguments(params, value, accepted):
+    assert bool(re.fullmatch(layout_pattern(), value)) == accepted
+    params["data"]["layout"] = value
+    if accepted:
+        assert parse_config(params).data.layout == value
+    else:
+        with pytest.raises(ConfigError, match="data.layout: String should match pattern"):
+            parse_config(params)
+
+
+def binary_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Truth, a confident perfect prediction and a confidently wrong one (N=2, one logit channel)."""
+    truth = torch.zeros(2, 1, 4, 4)
+    truth[0, 0, :2] = 1
+    truth[1, 0, :, :1] = 1
+    perfect = (truth * 2 - 1) * BIG
+    return truth, perfect, -perfect
+
+
+def multiclass_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(2, 4, 4, dtype=torch.long)
+    ids[0, :2] = 1
+    ids[1, :, :1] = 2
+    one_hot = torch.nn.functional.one_hot(ids, 3).permute(0, 3, 1, 2).float()
+    perfect = (one_hot * 2 - 1) * BIG
+    wrong = perfect.roll(1, dims=1)  # every pixel's top class is the next one
+    return ids[:, None].float(), perfect, wrong
+
+
+@pytest.mark.parametrize("name", ["focal_dice", "lovasz", "auto"])
+@pytest.mark.parametrize(("classes", "case"), [(PERSON, binary_case), (THREE, multiclass_case)])
+def test_losses_for_any_class_count_reward_right_and_punish_wrong_predictions(name, classes, case):
+    truth, perfect, wrong = case()
+    loss = build_loss(name, classes)
+    assert float(loss(perfect, truth)) == pytest.approx(0, abs=1e-3)
+    assert float(loss(wrong, truth)) > 0.5
+
+
+def test_auto_is_dice_bce_for_two_classes_and_dice_ce_for_more_bit_for_bit():
+    truth, perfect, _ = binary_case()
+    logits = perfect * 0.01 + torch.randn(perfect.shape, generator=torch.Generator().manual_seed(0))
+    assert type(build_loss("auto", PERSON)) is DiceBCELoss and type(build_loss("auto", THREE)) is DiceCELoss
+    assert torch.equal(build_loss("auto", PERSON)(logits, truth), DiceBCELoss()(logits, truth))
+
+
+@pytest.mark.parametrize(
+    ("name", "classes", "expected"),
+    [
+        ("dice_bce", ["background", "a", "b"], "'dice_bce' is for binary models (two classes), but data.classes has 3"),
+        (
+            "dice_ce",
+            ["background", "person"],
+            "'dice_ce' is for models of more than two classes, but data.classes has 2",
+        ),
+    ],
+)
+def test_a_loss_that_does_not_fit_the_classes_fails_at_start_up_naming_train_loss(params, name, classes, expected):
+    params["train"]["loss"] = name
+    params["data"]["classes"] = classes
+    with pytest.raises(ConfigError) as caught:
+        parse_config(params)
+    assert f"train.loss: {expected}; use one of: auto, " in str(caught.value)
+    with pytest.raises(ConfigError, match=f"train.loss: {re.escape(expected)}"):
+        build_loss(name, ClassSpec.of(classes, None))
+
+
+def test_an_unknown_loss_is_refused_naming_the_choices(params):
+    params["train"]["loss"] = "hinge"
+    with pytest.raises(ConfigError, match="train.loss: unknown loss; choose one of: auto, dice_bce, dice_ce"):
+        parse_config(params)
+
+
+def test_evaluation_rebuilds_the_loss_the_checkpoint_names(tmp_path):
+    save_checkpoint(tmp_path / "lovasz.pt", build_model(TINY_MODEL, THREE), TINY_MODEL, THREE, loss="lovasz")
+    _, loss_fn, _ = load_for_evaluation(tmp_path / "lovasz.pt")
+    assert type(loss_fn) is LovaszLoss and not loss_fn.binary
+    # A checkpoint written before train.loss existed gets the class count's default.
+    _, loss_fn, _ = load_for_evaluation(tiny_checkpoint(tmp_path / "old.pt"))
+    assert type(loss_fn) is DiceBCELoss
