@@ -38,7 +38,7 @@ class Runner:
         self.model = build_model(cfg.model, cfg.data.class_spec()).to(device, memory_format=torch.channels_last)
         self.network = torch.compile(self.model) if compiled else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
-        self.loss_fn = build_loss(cfg.data.class_spec())
+        self.loss_fn = build_loss(cfg.train.loss, cfg.data.class_spec())
         self.device, self.precision = device, precision
 
     def step(self, batch) -> float:
