@@ -8,7 +8,7 @@ import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import parse_config
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, ModelError
 from pipeline.core.extensions import LAYOUT_ARGUMENTS, LOSS_FITS, layout_pattern
 from pipeline.evaluate.predictions import load_for_evaluation
 from pipeline.model.checkpoint import save_checkpoint
@@ -121,3 +121,10 @@ def test_evaluation_rebuilds_the_loss_the_checkpoint_names(tmp_path):
     # A checkpoint written before train.loss existed gets the class count's default.
     _, loss_fn, _ = load_for_evaluation(tiny_checkpoint(tmp_path / "old.pt"))
     assert type(loss_fn) is DiceBCELoss
+
+
+@pytest.mark.parametrize("recorded", ["hinge", ["dice_bce"], "dice_ce"])  # unknown, not a name, misfit (binary)
+def test_a_checkpoint_naming_a_loss_it_cannot_have_is_a_clear_error(tmp_path, recorded):
+    save_checkpoint(tmp_path / "odd.pt", build_model(TINY_MODEL, PERSON), TINY_MODEL, PERSON, loss=recorded)
+    with pytest.raises(ModelError, match="odd.pt: records a loss this pipeline cannot build for its classes"):
+        load_for_evaluation(tmp_path / "odd.pt")

@@ -87,7 +87,7 @@ def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, nn.Module, torch.d
     """The network, the loss it was trained with (named in the checkpoint, not read from train.*), the device."""
     device = resolve_device("auto")
     model, payload = load_model(checkpoint)
-    return model.to(device), build_loss(checkpoint_loss(payload), checkpoint_classes(payload)), device
+    return model.to(device), build_loss(checkpoint_loss(checkpoint, payload), checkpoint_classes(payload)), device
 
 
 def evaluate_checkpoint(

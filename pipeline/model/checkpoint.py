@@ -11,7 +11,7 @@ from torch import nn
 from ..core.classes import PERSON, ClassSpec
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
-from ..core.extensions import AUTO
+from ..core.extensions import AUTO, LOSS_FITS, loss_misfit
 from ..core.files import write_torch
 from .network import build_model
 
@@ -48,10 +48,17 @@ def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
     return ClassSpec.from_dict(payload["classes"]) if "classes" in payload else PERSON
 
 
-def checkpoint_loss(payload: dict[str, Any]) -> str:
+def checkpoint_loss(path: Path, payload: dict[str, Any]) -> str:
     """The train.loss the checkpoint was trained with, so evaluation reports the same loss."""
     # Checkpoints written before train.loss existed were trained with the class count's default.
-    return payload.get("loss", AUTO)
+    name = payload.get("loss", AUTO)
+    known = isinstance(name, str) and (name == AUTO or name in LOSS_FITS)
+    if not known or loss_misfit(name, checkpoint_classes(payload).count):
+        raise ModelError(
+            f"{path}: records a loss this pipeline cannot build for its classes ({name!r}); "
+            "use a checkpoint written by the train stage"
+        )
+    return name
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
