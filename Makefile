@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro demo test lint bench venv tracking-server tracking-server-stop clean-venv
+.PHONY: repro demo test lint bench bench-predict venv tracking-server tracking-server-stop clean-venv
 
 # The first install downloads several GB (PyTorch with its CUDA libraries; README, "What the
 # first install costs"): pip shows its progress rather than sitting silent for minutes.
@@ -51,6 +51,10 @@ tracking-server-stop: $(INSTALLED)
 # Notebook-style loop vs this pipeline; pass options with BENCH_ARGS="--image-size 320 --epochs 2".
 bench: $(INSTALLED)
 	$(BIN)/python bench/train_speed.py $(BENCH_ARGS)
+
+# predict's images/s at 320 px: PyTorch fp32 and tuned, onnxruntime; options as BENCH_ARGS="--images 64".
+bench-predict: $(INSTALLED)
+	$(BIN)/python bench/inference_speed.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

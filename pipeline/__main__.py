@@ -50,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    predict.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        help="what runs the network (default: onnxruntime, the faster on CPU, where the model has an ONNX "
+        "export; else torch)",
+    )
+    predict.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write 8-bit soft masks (probability x 255): <name>_probability.png, or "
+        "<name>_probability_<class>.png per class after the background",
+    )
 
     promote = commands.add_parser(
         "promote",
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 with_overlay=args.overlay,
                 device=args.device,
+                backend=args.backend,
+                with_probabilities=args.probabilities,
             )
         if args.command == "promote":
             return _promote(args.version, args.reason)

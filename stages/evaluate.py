@@ -2,8 +2,9 @@
 
 Reads:  models/best.pt, models/run.json, data/split/; params evaluate.threshold,
         evaluate.tta, mlflow.experiment, mlflow.registered_model; the training run in MLflow
-Writes: metrics/evaluate.json, metrics/threshold_sweep.csv, metrics/test_per_image.csv,
-        metrics/confusion.csv, metrics/confusion.png, metrics/gallery.png,
+Writes: models/model.onnx (verified against PyTorch: metrics/export.json), metrics/evaluate.json,
+        metrics/threshold_sweep.csv, metrics/test_per_image.csv, metrics/confusion.csv,
+        metrics/confusion.png, metrics/gallery.png,
         models/inference.json, models/model_card.md, models/registry.json; a new registered
         version and its alias (champion or challenger, decided on validation Dice)
 """
@@ -17,6 +18,7 @@ from pipeline.core.splits import SplitInfo
 from pipeline.core.stage import run_stage
 from pipeline.evaluate.card import render_card
 from pipeline.evaluate.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
+from pipeline.evaluate.export import export_verified
 from pipeline.evaluate.gallery import CASES_EACH, render_gallery
 from pipeline.evaluate.predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
 from pipeline.evaluate.registry import (
@@ -62,6 +64,9 @@ def main() -> None:
     val_dice = val.metrics(threshold).compute()["dice"]
     if classes.binary:
         metrics.update(threshold=threshold, val_dice_at_threshold=val_dice)
+    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
+    # First: a model whose export disagrees with PyTorch writes, logs and registers nothing.
+    export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
     per_image = test.per_image(threshold)
     dice = [row["dice"] for row in per_image]
 
@@ -74,7 +79,6 @@ def main() -> None:
         paths.GALLERY,
         render_gallery(test.images, test.masks[:, 0].numpy(), test.predicted_masks(threshold), test.ids, dice, classes),
     )
-    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
     settings.save_beside(paths.BEST_CHECKPOINT)
     training_tags = mlflow.get_run(run.run_id).data.tags
     card = render_card(
@@ -96,13 +100,15 @@ def main() -> None:
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
+    write_json(paths.EXPORT_METRICS, export.to_dict())
     print(
         "evaluate: " + "  ".join(f"{key} {value:.4f}" for key, value in metrics.items() if not key.endswith("_pooled"))
     )
+    print(f"evaluate: exported {paths.ONNX_MODEL}; onnxruntime vs PyTorch fp32 on test: {export.summary()}")
 
     log_to_run(
         run,
-        metrics,
+        {**metrics, **export.run_metrics()},
         cfg.mlflow.experiment,
         artifacts=[
             paths.THRESHOLD_SWEEP,
@@ -119,6 +125,7 @@ def main() -> None:
         run_id=run.run_id,
         name=name,
         checkpoint=paths.BEST_CHECKPOINT,
+        onnx_model=paths.ONNX_MODEL,
         card=paths.MODEL_CARD,
         settings=settings,
         tags=tags,

@@ -68,3 +68,22 @@ def test_quality_bench_reads_configurations_and_summarises_seeds_in_the_order_ru
     assert [row.split(" | ")[1] for row in rows[1:5]] == ["b", "a", "b", "a (failed: ERROR: out of memory)"]
     assert "| b | 2 | 0.8200 ± 0.0283 | 0.7900 | 10.5 |" in text  # sample standard deviation
     assert "| a | 1 | 0.9000 (one seed) | 0.8800 | 15.0 |" in text
+
+
+def test_inference_speed_bench_runs_every_variant_and_prints_the_onnxruntime_ratio():
+    result = subprocess.run(
+        [sys.executable, "bench/inference_speed.py", "--image-size", "64", "--images", "4", "--batch-size", "2"]
+        + ["--encoder", "resnet18"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"onnxruntime_vs_torch_fp32: \d+\.\d\d", lines[-1])
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith(("torch_", "onnxruntime "))}
+    assert set(rows) == {"torch_fp32", "torch_channels_last", "torch_bf16", "torch_bf16_channels_last", "onnxruntime"}
+    assert rows["torch_fp32"][2] == "1.00" and all(float(row[1]) > 0 for row in rows.values())
+    # The onnxruntime variant runs predict without ever importing PyTorch.
+    assert "imported torch" not in result.stdout

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import mlflow
 import numpy as np
+import onnxruntime as ort
 import pytest
 from ruamel.yaml import YAML
 
@@ -27,6 +30,9 @@ from tests.helpers.project import (
     tiny_params,
     write_params,
 )
+
+# First on PYTHONPATH, its sitecustomize makes `import torch` fail.
+TORCHLESS = PROJECT_ROOT / "tests" / "helpers" / "torchless"
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +132,90 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
     assert [mask.shape for mask in model.predict(np.zeros((3, 64, 64, 3)))] == [(64, 64)] * 3
     assert [mask.shape for mask in model.predict(np.zeros((1, 96, 130, 3)))] == [(96, 130)]
+
+
+def test_onnx_export_is_verified_self_describing_and_takes_any_batch_and_size(project, client):
+    check = read_json(project / "metrics" / "export.json")
+    assert check["mask_agreement"] >= 0.999 and 0 <= check["max_abs_probability_diff"] < 1e-3
+    assert (check["images"], check["pixels"]) == (29, 29 * 64 * 64)
+    run_metrics = client.get_run(read_json(project / "models" / "run.json")["run_id"]).data.metrics
+    assert run_metrics["export_mask_agreement"] == check["mask_agreement"]
+    session = ort.InferenceSession(str(project / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    metadata = {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
+    assert metadata["threshold"] == read_json(project / "metrics" / "evaluate.json")["threshold"]
+    assert metadata["classes"] == ["background", "person"] and metadata["tta"] is False
+    for shape in [(1, 64, 64, 3), (3, 96, 128, 3)]:
+        photos = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        probabilities = session.run(["probabilities"], {"image": photos})[0]
+        assert probabilities.shape == (shape[0], 1, *shape[1:3])
+        assert 0 <= probabilities.min() and probabilities.max() <= 1
+
+
+def test_an_export_that_disagrees_with_pytorch_fails_evaluate_and_changes_nothing(project, client):
+    exported = (project / "models" / "model.onnx").read_bytes()
+    versions = len(client.search_model_versions("name='human-segmentation-unet'"))
+    result = run(project, sys.executable, "stages/evaluate.py", INJECT_EXPORT_MISMATCH="1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert re.search(
+        r"evaluate: error: the ONNX export disagrees with PyTorch fp32: mask agreement 0\.\d+%", result.stderr
+    )
+    assert "max probability difference" in result.stderr and "Traceback" not in result.stderr
+    assert (project / "models" / "model.onnx").read_bytes() == exported
+    assert len(client.search_model_versions("name='human-segmentation-unet'")) == versions
+
+
+def _predict(project: Path, photos: list[Path], out: Path, *options: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "pipeline", "predict", *map(str, photos), "--model", "models/best.pt"]
+    result = run(project, *args, "--out", str(out), *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_predict_backends_agree_on_the_test_split_and_write_soft_masks(project, tmp_path):
+    test_ids = set(read_json(project / "data" / "split" / "split.json")["ids"]["test"])
+    photos = [path for path in sorted((project / "data" / "raw").rglob("*.jpg")) if path.stem in test_ids]
+    assert len(photos) == 29
+    for backend in ("torch", "onnxruntime"):
+        result = _predict(project, photos, tmp_path / backend, "--backend", backend, "--probabilities")
+        assert f", {backend})" in result.stdout
+    threshold = read_json(project / "metrics" / "evaluate.json")["threshold"] * 255
+    equal = total = 0
+    for photo in photos:
+        torch_mask, onnx_mask = (
+            cv2.imread(str(tmp_path / backend / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
+            for backend in ("torch", "onnxruntime")
+        )
+        equal, total = equal + int((torch_mask == onnx_mask).sum()), total + onnx_mask.size
+        soft = cv2.imread(str(tmp_path / "onnxruntime" / f"{photo.stem}_probability.png"), cv2.IMREAD_UNCHANGED)
+        assert soft.shape == onnx_mask.shape and soft.dtype == np.uint8
+        # Cut at the threshold, the soft mask is the mask (but where rounding to 8 bits decides).
+        assert not ((soft > threshold + 1) & (onnx_mask == 0)).any()
+        assert not ((soft < threshold - 1) & (onnx_mask == 255)).any()
+    assert equal / total >= 0.999
+    assert ", onnxruntime)" in _predict(project, photos[:1], tmp_path / "default").stdout
+
+
+def test_example_client_segments_a_photo_with_the_onnx_file_alone(project, tmp_path):
+    photo = next((project / "data" / "raw").rglob("*.jpg"))
+    _predict(project, [photo], tmp_path / "predict")
+    # Neither torch nor the pipeline package importable: NumPy, onnxruntime and OpenCV only.
+    env = {**os.environ, "PYTHONPATH": str(TORCHLESS)}
+    result = subprocess.run(
+        [sys.executable, str(project / "examples" / "onnx_client.py"), str(project / "models" / "model.onnx")]
+        + [str(photo), "--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "overlay.png")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"person \d+\.\d% of the pixels", result.stdout)
+    client_mask = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(
+        client_mask, cv2.imread(str(tmp_path / "predict" / f"{photo.stem}.png"), cv2.IMREAD_UNCHANGED)
+    )
+    assert cv2.imread(str(tmp_path / "overlay.png")).shape == cv2.imread(str(photo)).shape
 
 
 def test_repro_again_runs_nothing(project):

@@ -1,4 +1,5 @@
-"""The registered model as a pyfunc: in process, through `predict`, and behind `mlflow models serve`."""
+"""The registered model as a pyfunc: in process, through `predict`, and behind `mlflow models serve`
+on a machine without PyTorch."""
 
 from __future__ import annotations
 
@@ -7,17 +8,24 @@ import logging
 import os
 import re
 import zipfile
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from ruamel.yaml import YAML
 
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.core.errors import ModelError
+from pipeline.core.files import sha256_file
 from pipeline.core.images import decode_image
+from pipeline.serve.predict import load_segmenter
 from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.serve.pyfunc import BadPayload, read_image, request_images
+from pipeline.serve.segmenter import soft_masks
 from pipeline.serve.settings import InferenceSettings
-from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
 from tests.helpers.serving import post, served
 
 THRESHOLD = 0.45
@@ -76,13 +84,53 @@ def test_predict_uses_the_registered_threshold_and_tta(store):
         del os.environ["MLFLOW_TRACKING_URI"]
 
 
+def test_predict_backends_load_the_registered_onnx_file_or_checkpoint_and_agree(store, photo):
+    use_store(store[0])
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    try:
+        default = load_segmenter(CHAMPION_URI, threshold=None, device="cpu")
+        torch_backend = load_segmenter(CHAMPION_URI, threshold=None, device="cpu", backend="torch")
+        overridden = load_segmenter(CHAMPION_URI, threshold=0.3, device="cpu", backend="onnxruntime")
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert (default.backend, default.threshold, default.tta) == ("onnxruntime", THRESHOLD, True)
+    assert (torch_backend.backend, torch_backend.threshold, torch_backend.tta) == ("torch", THRESHOLD, True)
+    assert overridden.threshold == 0.3
+    image = decode_image(photo, "photo")
+    assert np.mean(default.masks([image])[0] == torch_backend.masks([image])[0]) >= 0.999
+
+
+def test_predict_uses_an_onnx_file_beside_a_checkpoint_only_if_exported_from_it(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    settings = InferenceSettings(0.4, False, sha256_file(checkpoint))
+    settings.save_beside(checkpoint)
+    tiny_onnx(checkpoint, settings, tmp_path / "model.onnx")
+    assert load_segmenter(str(checkpoint), threshold=None, device="cpu").backend == "onnxruntime"
+    assert load_segmenter(str(tmp_path / "model.onnx"), threshold=None, device="cpu").threshold == 0.4
+    tiny_checkpoint(checkpoint, seed=1)  # retrained: the export is stale
+    assert load_segmenter(str(checkpoint), threshold=None, device="cpu").backend == "torch"
+    assert "model.onnx was exported from another checkpoint" in capsys.readouterr().out
+    with pytest.raises(ModelError, match="exported from another checkpoint.*or use --backend torch"):
+        load_segmenter(str(checkpoint), threshold=None, device="cpu", backend="onnxruntime")
+    with pytest.raises(ModelError, match="an ONNX file runs with --backend onnxruntime"):
+        load_segmenter(str(tmp_path / "model.onnx"), threshold=None, device="cpu", backend="torch")
+
+
+def test_soft_masks_are_probabilities_times_255_per_foreground_class():
+    binary = soft_masks(np.array([[0.0, 0.5], [0.999, 1.0]]), PERSON)
+    assert list(binary) == ["_probability"] and binary["_probability"].tolist() == [[0, 128], [255, 255]]
+    three = ClassSpec.of(["background", "cat", "dog"], None)
+    probabilities = np.stack([np.full((2, 2), 0.2), np.full((2, 2), 0.3), np.full((2, 2), 0.5)], axis=2)
+    masks = soft_masks(probabilities, three)
+    assert list(masks) == ["_probability_cat", "_probability_dog"]
+    assert masks["_probability_cat"].max() == 76 and masks["_probability_dog"].min() == 128
+
+
 def test_predict_reads_settings_beside_the_checkpoint_only_for_that_checkpoint(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     InferenceSettings(0.35, True, "0" * 64).save_beside(checkpoint)  # written for another checkpoint
     assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
     assert "no evaluated settings beside" in capsys.readouterr().out
-    from pipeline.core.files import sha256_file
-
     InferenceSettings(0.35, True, sha256_file(checkpoint)).save_beside(checkpoint)
     predictor = load_predictor(str(checkpoint), threshold=None, device="cpu")
     assert (predictor.threshold, predictor.tta) == (0.35, True)
@@ -117,6 +165,16 @@ def server(store, tmp_path):
     """`mlflow models serve` of the champion on a free loopback port."""
     with served(CHAMPION_URI, f"sqlite:///{store[0] / 'mlflow.db'}", tmp_path / "server.log") as (base, _):
         yield base
+
+
+def test_registered_version_serves_the_onnx_file_and_needs_no_torch(store):
+    use_store(store[0])
+    local = Path(mlflow.artifacts.download_artifacts(f"{CHAMPION_URI}/MLmodel"))
+    artifacts = YAML(typ="safe", pure=True).load(local.read_text())["flavors"]["python_function"]["artifacts"]
+    assert artifacts["onnx"]["path"].endswith(".onnx")
+    requirements = (local.parent / "requirements.txt").read_text()
+    assert "onnxruntime==" in requirements and "mlflow" in requirements
+    assert not {"torch", "segmentation-models-pytorch", "timm"} & {line.split("==")[0] for line in requirements.split()}
 
 
 def test_served_model_answers_invocations_and_rejects_bad_payloads(server, photo, reference):

@@ -1,7 +1,8 @@
 """Model registry: each evaluated model becomes a version; the champion alias moves on validation merit only.
 
-A version is the deployable model: the checkpoint plus the threshold and TTA it was evaluated
-with, as the pyfunc in ``pipeline/serve/pyfunc.py``. Its tags carry the data hash, git commit,
+A version is the deployable model: the pyfunc in ``pipeline/serve/pyfunc.py``, which serves the
+verified ONNX export with onnxruntime, plus the checkpoint and the threshold and TTA it was
+evaluated with (for ``predict --backend torch``). Its tags carry the data hash, git commit,
 the validation Dice that decides its alias, the test metrics (a report no decision reads) and
 identifiers of the validation and test sets, so later decisions compare like with like.
 """
@@ -25,6 +26,7 @@ from mlflow.types.schema import AnyType
 from ..core.errors import TrackingError
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
+from ..serve.onnx_backend import ONNX_ARTIFACT
 from ..serve.predictor import CHECKPOINT_ARTIFACT
 from ..serve.settings import InferenceSettings
 
@@ -42,20 +44,9 @@ SIGNATURE = ModelSignature(inputs=None, outputs=Schema([ColSpec(AnyType())]))
 # The request body users see in the UI (and MLflow checks by loading the model once): one
 # base64-encoded PNG, the README's first form.
 EXAMPLE_IMAGE_SIDE = 32
-# What the served model imports; stated rather than inferred, which would load the model in a
-# subprocess and cost seconds per evaluation.
-REQUIREMENTS = (
-    "torch",
-    "segmentation-models-pytorch",
-    "timm",
-    "numpy",
-    "pandas",
-    "opencv-python-headless",
-    "albumentations",
-    "pydantic",
-    "ruamel.yaml",
-    "tqdm",
-)
+# What the served model imports (MLflow adds itself); stated rather than inferred, which would
+# load the model in a subprocess and cost seconds per evaluation. No PyTorch: it runs the ONNX file.
+REQUIREMENTS = ("onnxruntime", "numpy", "pandas", "opencv-python-headless", "pillow")
 
 
 def identify_split(split_info: SplitInfo, split: str) -> str:
@@ -144,14 +135,21 @@ def version_tags(
 
 
 def register_model(
-    *, run_id: str, name: str, checkpoint: Path, card: Path, settings: InferenceSettings, tags: dict[str, str]
+    *,
+    run_id: str,
+    name: str,
+    checkpoint: Path,
+    onnx_model: Path,
+    card: Path,
+    settings: InferenceSettings,
+    tags: dict[str, str],
 ) -> str:
     """Log the pyfunc into the training run, register it as a new version of ``name``; returns the version."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=pyfunc.__file__,
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), "model_card": str(card)},
+            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), ONNX_ARTIFACT: str(onnx_model), "model_card": str(card)},
             model_config={
                 "threshold": settings.threshold,
                 "tta": settings.tta,

@@ -1,20 +1,28 @@
-"""`python -m pipeline predict`: masks (and overlays) for image files, folders or globs."""
+"""`python -m pipeline predict`: masks (and overlays, soft masks) for image files, folders or globs."""
 
 from __future__ import annotations
 
 import glob
+import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ..core.classes import ClassSpec
-from ..core.errors import DataError
-from ..core.files import write_png
+from ..core.errors import DataError, ModelError
+from ..core.files import sha256_file, write_png
 from ..core.images import IMAGE_SUFFIXES, decode_image
+from ..core.paths import ONNX_MODEL
+from .onnx_backend import ONNX_ARTIFACT, OnnxSegmenter
 from .palette import overlay_colours
-from .predictor import Predictor, image_batches, load_predictor
+from .registered import registered_artifact
+from .segmenter import Segmenter, class_map, image_batches, soft_masks
+
+# The faster one on CPU (docs/performance.md), used whenever the model has an ONNX export.
+DEFAULT_BACKEND = "onnxruntime"
 
 
 def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
@@ -52,11 +60,72 @@ def _output_names(stem: str, with_overlay: bool, used: set[str]) -> tuple[str, .
         stem += "_"
 
 
+def _no_onnx(message: str, required: bool) -> None:
+    if required:
+        raise ModelError(f"{message}; or use --backend torch")
+    print(f"predict: {message}; using PyTorch")
+
+
+def _onnx_segmenter(model_ref: str, device: str, *, required: bool) -> OnnxSegmenter | None:
+    """The ONNX export of ``model_ref``: the file itself, the registered version's artifact, or the
+    one evaluate wrote beside a checkpoint (only if exported from that very checkpoint)."""
+    if model_ref.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory(prefix="unet-predict-") as tmp:
+            _, path = registered_artifact(model_ref, ONNX_ARTIFACT, Path(tmp))
+            if path is None:
+                return _no_onnx(
+                    f"--model {model_ref} has no ONNX export (registered before models were exported)", required
+                )
+            return OnnxSegmenter.load(path, device)
+    path = Path(model_ref)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise ModelError(f"--model {model_ref}: no such ONNX file")
+        return OnnxSegmenter.load(path, device)
+    if not path.is_file():
+        return None  # the PyTorch backend names the missing checkpoint
+    onnx_file = path.parent / ONNX_MODEL.name
+    if not onnx_file.is_file():
+        return _no_onnx(f"no ONNX export beside {model_ref} (run the evaluate stage)", required)
+    segmenter = OnnxSegmenter.load(onnx_file, device)
+    if segmenter.checkpoint_sha256 != sha256_file(path):
+        return _no_onnx(
+            f"{onnx_file} was exported from another checkpoint than {model_ref} (run the evaluate stage)", required
+        )
+    return segmenter
+
+
+def load_segmenter(model_ref: str, *, threshold: float | None, device: str, backend: str | None = None) -> Segmenter:
+    """The model behind ``model_ref`` (checkpoint, ``.onnx`` file or MLflow URI) on ``backend``;
+    None means DEFAULT_BACKEND where the model has an ONNX export, else PyTorch. ``threshold``
+    overrides the evaluated one of a binary model."""
+    onnx_file = model_ref.endswith(".onnx")
+    if backend == "torch" and onnx_file:
+        raise ModelError(f"--model {model_ref}: an ONNX file runs with --backend onnxruntime")
+    if (backend or DEFAULT_BACKEND) == "onnxruntime":
+        segmenter = _onnx_segmenter(model_ref, device, required=backend == "onnxruntime" or onnx_file)
+        if segmenter is not None:
+            # --threshold only means something to a binary model; a multi-class one takes the top class.
+            keep = threshold is None or not segmenter.classes.binary
+            return segmenter if keep else replace(segmenter, threshold=threshold)
+    # Imported only when PyTorch runs the model: the onnxruntime backend never loads it.
+    from .predictor import load_predictor
+
+    return load_predictor(model_ref, threshold=threshold, device=device)
+
+
 def predict_files(
-    predictor: Predictor, files: list[Path], out_dir: Path, *, batch_size: int = 8, with_overlay: bool = False
+    predictor: Segmenter,
+    files: list[Path],
+    out_dir: Path,
+    *,
+    batch_size: int = 8,
+    with_overlay: bool = False,
+    with_probabilities: bool = False,
 ) -> tuple[list[Path], list[str]]:
-    """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``;
-    bad files are reported, not fatal: the others still get their masks."""
+    """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``,
+    with ``with_probabilities`` also 8-bit soft masks; bad files are reported, not fatal: the others
+    still get their masks."""
     written: list[Path] = []
     failures: list[str] = []
     used: set[str] = set()
@@ -71,11 +140,17 @@ def predict_files(
                 progress.update(1)
 
     for batch in image_batches(decoded(), batch_size):
-        for (path, image), classes_map in zip(batch, predictor.class_maps([image for _, image in batch]), strict=True):
+        for (path, image), probabilities in zip(
+            batch, predictor.probabilities([image for _, image in batch]), strict=True
+        ):
             names = _output_names(path.stem, with_overlay, used)
+            classes_map = class_map(probabilities, predictor.threshold)
             write_png(out_dir / names[0], predictor.mask_values(classes_map))
             if with_overlay:
                 write_png(out_dir / names[1], overlay(image, classes_map, predictor.classes))
+            if with_probabilities:
+                for suffix, soft in soft_masks(probabilities, predictor.classes).items():
+                    write_png(out_dir / f"{Path(names[0]).stem}{suffix}.png", soft)
             written.append(out_dir / names[0])
             progress.update(1)
     progress.close()
@@ -91,6 +166,8 @@ def run(
     batch_size: int,
     with_overlay: bool,
     device: str,
+    backend: str | None = None,
+    with_probabilities: bool = False,
 ) -> int:
     files = list(expand_inputs(inputs))
     if not files:
@@ -99,12 +176,20 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"--out {out_dir}: cannot create the folder ({exc.strerror}); choose another") from None
-    predictor = load_predictor(model_ref, threshold=threshold, device=device)
-    written, failures = predict_files(predictor, files, out_dir, batch_size=batch_size, with_overlay=with_overlay)
+    predictor = load_segmenter(model_ref, threshold=threshold, device=device, backend=backend)
+    written, failures = predict_files(
+        predictor,
+        files,
+        out_dir,
+        batch_size=batch_size,
+        with_overlay=with_overlay,
+        with_probabilities=with_probabilities,
+    )
     rule = (
         f"threshold {predictor.threshold:g}" if predictor.classes.binary else f"top class of {predictor.classes.count}"
     )
-    print(f"predict: wrote {len(written)} mask(s) to {out_dir} ({rule}{', flip TTA' if predictor.tta else ''})")
+    tta = ", flip TTA" if predictor.tta else ""
+    print(f"predict: wrote {len(written)} mask(s) to {out_dir} ({rule}{tta}, {predictor.backend})")
     for failure in failures:
         print(f"predict: skipped {failure}")
     return 1 if failures else 0

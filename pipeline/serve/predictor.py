@@ -3,46 +3,26 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import ClassVar
 
-import cv2
 import numpy as np
 import torch
 from ruamel.yaml import YAML, YAMLError
 
-from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.errors import ModelError
 from ..core.files import sha256_file
-from ..core.images import MAX_IMAGE_PIXELS
 from ..model.checkpoint import checkpoint_classes, load_model
 from ..model.inputs import eval_transform
-from ..model.outputs import class_map, class_probabilities, predict_logits
+from ..model.outputs import class_probabilities, predict_logits
+from .segmenter import Segmenter
 from .settings import InferenceSettings
-
-T = TypeVar("T")
 
 DEFAULT_THRESHOLD = 0.5
 # The registered model's artifact that holds the weights (see pipeline/evaluate/registry.py).
 CHECKPOINT_ARTIFACT = "checkpoint"
-
-
-def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator[list[tuple[T, np.ndarray]]]:
-    """Consecutive groups of at most ``size`` (key, image) pairs holding at most MAX_IMAGE_PIXELS
-    pixels between them (one image may have that many), so only one group is decoded at a time."""
-    batch: list[tuple[T, np.ndarray]] = []
-    pixels = 0
-    for key, image in images:
-        if batch and (len(batch) == size or pixels + image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS):
-            yield batch
-            batch, pixels = [], 0
-        batch.append((key, image))
-        pixels += image.shape[0] * image.shape[1]
-    if batch:
-        yield batch
 
 
 def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> Predictor:
@@ -106,13 +86,12 @@ def _registered_predictor(model_ref: str) -> Predictor:
 
 
 @dataclass(frozen=True)
-class Predictor:
+class Predictor(Segmenter):
+    """The PyTorch backend: the network rebuilt from its checkpoint."""
+
+    backend: ClassVar[str] = "torch"
     model: torch.nn.Module
-    image_size: int
-    threshold: float | None  # binary models only; multi-class ones take the top class
-    tta: bool
     device: torch.device
-    classes: ClassSpec
 
     @classmethod
     def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> Predictor:
@@ -122,45 +101,18 @@ class Predictor:
             raise ModelError(f"{checkpoint}: no usable image_size in its metadata (got {image_size!r})")
         target = resolve_device(device)
         classes = checkpoint_classes(meta)
-        threshold = settings.threshold if classes.binary else None
-        return cls(model.to(target), image_size, threshold, settings.tta, target, classes)
+        return cls(
+            image_size=image_size,
+            threshold=settings.threshold if classes.binary else None,
+            tta=settings.tta,
+            classes=classes,
+            model=model.to(target),
+            device=target,
+        )
 
     @torch.no_grad()
-    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """Per pixel, at each image's own size: the foreground probability (H x W) of a binary
-        model, the class probabilities (H x W x C) of a multi-class one."""
+    def network_probabilities(self, batch: np.ndarray) -> np.ndarray:
         normalise = eval_transform()
-        batch = np.stack(
-            [
-                normalise(image=cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA))[
-                    "image"
-                ]
-                for image in images
-            ]
-        )
-        tensor = torch.from_numpy(batch.transpose(0, 3, 1, 2)).to(self.device)
-        probs = class_probabilities(predict_logits(self.model, tensor, self.tta), self.classes).float().cpu().numpy()
-        # Resized as probabilities, then cut: smoother edges than resizing a class map.
-        return [
-            cv2.resize(prob.transpose(1, 2, 0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-            for prob, image in zip(probs, images, strict=True)
-        ]
-
-    def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """H x W uint8 class ids per image (0/1 for binary)."""
-        maps = []
-        for prob in self.probabilities(images):
-            channels_first = prob[None, None] if prob.ndim == 2 else prob.transpose(2, 0, 1)[None]
-            maps.append(
-                class_map(torch.from_numpy(np.ascontiguousarray(channels_first)), self.threshold)[0]
-                .numpy()
-                .astype(np.uint8)
-            )
-        return maps
-
-    def mask_values(self, classes_map: np.ndarray) -> np.ndarray:
-        """What a mask file holds: 0/255 for binary (viewable, as always), class ids otherwise."""
-        return classes_map * 255 if self.classes.binary else classes_map
-
-    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        return [self.mask_values(classes_map) for classes_map in self.class_maps(images)]
+        normalised = np.stack([normalise(image=image)["image"] for image in batch])
+        tensor = torch.from_numpy(normalised.transpose(0, 3, 1, 2)).to(self.device)
+        return class_probabilities(predict_logits(self.model, tensor, self.tta), self.classes).float().cpu().numpy()

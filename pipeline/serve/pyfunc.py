@@ -1,8 +1,10 @@
 """The registered model: an MLflow pyfunc, logged as code, that takes images and returns class maps.
 
 MLflow runs this file to load the model (models-from-code), so imports are absolute and the
-last line hands MLflow the model object. The network is rebuilt from the checkpoint logged
-beside it, so the model accepts any batch and any image size, like ``predict``.
+last line hands MLflow the model object. It runs the verified ONNX export logged beside it with
+onnxruntime, so serving needs neither PyTorch nor smp: nothing imported here may import torch
+(``tests/test_serving.py`` serves with torch unimportable). It accepts any batch and any image
+size, like ``predict``.
 
 Request bodies ``mlflow models serve`` accepts (POST /invocations, JSON):
 
@@ -35,8 +37,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import DataError
 from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS, decode_image
-from pipeline.serve.predictor import CHECKPOINT_ARTIFACT, Predictor, image_batches
-from pipeline.serve.settings import InferenceSettings
+from pipeline.serve.onnx_backend import ONNX_ARTIFACT, OnnxSegmenter
+from pipeline.serve.segmenter import image_batches
 
 IMAGE_COLUMN = "image"
 
@@ -140,8 +142,8 @@ def encode_png(mask: np.ndarray) -> str:
 
 class SegmentationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        settings = InferenceSettings(**context.model_config)
-        self.predictor = Predictor.load(Path(context.artifacts[CHECKPOINT_ARTIFACT]), settings)
+        # The threshold and TTA are in the file's metadata, as evaluate exported it.
+        self.predictor = OnnxSegmenter.load(Path(context.artifacts[ONNX_ARTIFACT]))
 
     # MLflow derives a signature from a list[...] annotation and then converts or rejects the
     # other payload forms before they get here. np.ndarray (what the scoring server makes of

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import onnx
 import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import ModelConfig
 from pipeline.core.files import sha256_file
+from pipeline.evaluate.export import onnx_graph
 from pipeline.evaluate.registry import register_model
-from pipeline.model.checkpoint import save_checkpoint
+from pipeline.model.checkpoint import checkpoint_classes, load_model, save_checkpoint
 from pipeline.model.network import build_model
 from pipeline.serve.settings import InferenceSettings
 
@@ -22,6 +24,13 @@ NAME = "test-unet"
 def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON) -> Path:
     torch.manual_seed(seed)
     save_checkpoint(path, build_model(TINY_MODEL, classes), TINY_MODEL, classes, image_size=image_size)
+    return path
+
+
+def tiny_onnx(checkpoint: Path, settings: InferenceSettings, path: Path) -> Path:
+    """The checkpoint exported as evaluate exports it, with ``settings`` in its metadata."""
+    model, meta = load_model(checkpoint)
+    onnx.save(onnx_graph(model, checkpoint_classes(meta), settings, int(meta["image_size"])), path)
     return path
 
 
@@ -44,6 +53,12 @@ def register(
     card.write_text("# card\n")
     settings = InferenceSettings(threshold, tta, sha256_file(checkpoint))
     version = register_model(
-        run_id=run.info.run_id, name=NAME, checkpoint=checkpoint, card=card, settings=settings, tags=tags or {}
+        run_id=run.info.run_id,
+        name=NAME,
+        checkpoint=checkpoint,
+        onnx_model=tiny_onnx(checkpoint, settings, root / f"{checkpoint.stem}.onnx"),
+        card=card,
+        settings=settings,
+        tags=tags or {},
     )
     return run.info.run_id, version

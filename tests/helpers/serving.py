@@ -1,4 +1,5 @@
-"""`mlflow models serve` of a registered model on a free loopback port, stopped whatever the outcome."""
+"""`mlflow models serve` of a registered model on a free loopback port, with torch unimportable
+(the served model runs its ONNX export), stopped whatever the outcome."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers.project import PROJECT_ROOT
+
+# First on PYTHONPATH, its sitecustomize makes `import torch` fail.
+TORCHLESS = PROJECT_ROOT / "tests" / "helpers" / "torchless"
 
 
 def free_port() -> int:
@@ -40,10 +44,12 @@ def served(model_uri: str, tracking_uri: str, log_path: Path) -> Iterator[tuple[
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONPATH": os.pathsep.join([str(TORCHLESS), str(PROJECT_ROOT)]),
         # MLflow starts `uvicorn` by name: this interpreter's environment must come first on PATH.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
+    hidden = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert hidden.returncode != 0 and "hidden by tests/helpers/torchless" in hidden.stderr
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(

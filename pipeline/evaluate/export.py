@@ -1,0 +1,155 @@
+"""The evaluated model as ONNX (``models/model.onnx``), verified against PyTorch before it is kept.
+
+The graph is the whole model as evaluated: uint8 RGB photos in (NHWC), the ImageNet
+normalisation, the network, flip TTA when evaluate used it, and the sigmoid or softmax, so
+probabilities come out. Batch, height and width are dynamic (any multiple of 32). The
+metadata carries what else a client needs (see ``pipeline/serve/onnx_backend.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..core.classes import ClassSpec
+from ..core.errors import ModelError
+from ..core.files import atomic_path
+from ..model.inputs import eval_transform
+from ..model.outputs import class_map, class_probabilities, predict_logits
+from ..serve.onnx_backend import FORMAT, INPUT_CONTRACT, INPUT_NAME, OUTPUT_CONTRACT, OUTPUT_NAME, OnnxSegmenter
+from ..serve.settings import InferenceSettings
+from .predictions import EVAL_BATCH_SIZE, SplitPredictions
+
+# 17 runs on every current onnxruntime (also the web and mobile builds) and TensorRT 8.6+.
+OPSET = 17
+EXPORTER = f"torch.onnx.export (TorchScript), torch {torch.__version__.split('+')[0]}"
+# Export fails below this share of equal test pixels between onnxruntime and PyTorch fp32.
+MIN_MASK_AGREEMENT = 0.999
+# The example the graph is traced with: batch 2 and a non-square shape, so nothing is
+# specialised to one image or to square inputs; the axes are declared dynamic anyway.
+EXAMPLE_SHAPE = (2, 64, 96, 3)
+
+
+class ExportedNetwork(nn.Module):
+    """uint8 RGB N x H x W x 3 in, probabilities N x C x H x W out: what the ONNX file computes."""
+
+    def __init__(self, model: nn.Module, classes: ClassSpec, tta: bool):
+        super().__init__()
+        self.model, self.classes, self.tta = model, classes, tta
+        # The same statistics as eval_transform(), which feeds the network in PyTorch.
+        normalize = eval_transform().transforms[0]
+        scale = normalize.max_pixel_value
+        self.register_buffer("mean", torch.tensor(normalize.mean).view(1, 3, 1, 1) * scale)
+        self.register_buffer("std", torch.tensor(normalize.std).view(1, 3, 1, 1) * scale)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        normalised = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return class_probabilities(predict_logits(self.model, normalised, self.tta), self.classes)
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """onnxruntime against PyTorch fp32 on the test split: written to metrics/export.json."""
+
+    max_abs_probability_diff: float
+    mask_agreement: float  # share of test pixels whose class is the same either way
+    images: int
+    pixels: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    def run_metrics(self) -> dict[str, float]:
+        return {
+            "export_max_abs_probability_diff": self.max_abs_probability_diff,
+            "export_mask_agreement": self.mask_agreement,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"mask agreement {self.mask_agreement:.4%} of {self.pixels} test pixels, "
+            f"max probability difference {self.max_abs_probability_diff:.2e}"
+        )
+
+
+def metadata(settings: InferenceSettings, classes: ClassSpec, image_size: int) -> dict[str, str]:
+    values = {
+        "format": FORMAT,
+        "exporter": EXPORTER,
+        "opset": OPSET,
+        "input": INPUT_CONTRACT,
+        "output": OUTPUT_CONTRACT,
+        "image_size": image_size,
+        "threshold": settings.threshold if classes.binary else None,
+        "tta": settings.tta,
+        "classes": list(classes.names),
+        "palette": classes.to_dict()["palette"],
+        "checkpoint_sha256": settings.checkpoint_sha256,
+    }
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings, image_size: int) -> onnx.ModelProto:
+    network = ExportedNetwork(model.cpu().eval(), classes, settings.tta).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The tracer's notes on smp's input-size checks, which run once at trace time, and the
+        # TorchScript exporter's deprecation notice (docs/design.md says why it is used).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(
+            network,
+            (torch.zeros(EXAMPLE_SHAPE, dtype=torch.uint8),),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch", 1: "height", 2: "width"},
+                OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            },
+        )
+    graph = onnx.load_model_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(graph, metadata(settings, classes, image_size))
+    return graph
+
+
+def compare(path: Path, test: SplitPredictions, threshold: float | None) -> ExportCheck:
+    """Run the file with onnxruntime on the test photos; compare with the PyTorch fp32 probabilities."""
+    segmenter = OnnxSegmenter.load(path, device="cpu")
+    reference = class_probabilities(test.logits, test.classes)
+    worst, equal = 0.0, 0
+    for start in range(0, len(test.images), EVAL_BATCH_SIZE):
+        batch = np.ascontiguousarray(test.images[start : start + EVAL_BATCH_SIZE])
+        got = torch.from_numpy(segmenter.network_probabilities(batch))
+        want = reference[start : start + EVAL_BATCH_SIZE]
+        worst = max(worst, float((got - want).abs().max()))
+        equal += int((class_map(got, threshold) == class_map(want, threshold)).sum())
+    pixels = reference.shape[0] * reference.shape[2] * reference.shape[3]
+    return ExportCheck(worst, equal / pixels, len(test.images), pixels)
+
+
+def export_verified(
+    model: nn.Module, path: Path, settings: InferenceSettings, test: SplitPredictions, image_size: int
+) -> ExportCheck:
+    """Write ``path`` only if onnxruntime agrees with PyTorch on the test split; else raise, with the numbers."""
+    graph = onnx_graph(model, test.classes, settings, image_size)
+    with atomic_path(path) as tmp:
+        onnx.save(graph, tmp)
+        check = compare(tmp, test, settings.threshold)
+        if check.mask_agreement < MIN_MASK_AGREEMENT:
+            raise ModelError(
+                f"the ONNX export disagrees with PyTorch fp32: {check.summary()} "
+                f"(at least {MIN_MASK_AGREEMENT:.1%} must agree); {path} was not written and nothing was registered"
+            )
+    return check

@@ -1,0 +1,93 @@
+"""What every inference backend shares, without PyTorch: photos in at any size, the network's
+square input, probabilities back at each photo's size, and masks cut from them.
+
+The ONNX backend (``onnx_backend.py``) and the served model import only this side of the
+package, so serving needs neither PyTorch nor smp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+import cv2
+import numpy as np
+
+from ..core.classes import ClassSpec
+from ..core.images import MAX_IMAGE_PIXELS
+
+T = TypeVar("T")
+
+
+def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator[list[tuple[T, np.ndarray]]]:
+    """Consecutive groups of at most ``size`` (key, image) pairs holding at most MAX_IMAGE_PIXELS
+    pixels between them (one image may have that many), so only one group is decoded at a time."""
+    batch: list[tuple[T, np.ndarray]] = []
+    pixels = 0
+    for key, image in images:
+        if batch and (len(batch) == size or pixels + image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS):
+            yield batch
+            batch, pixels = [], 0
+        batch.append((key, image))
+        pixels += image.shape[0] * image.shape[1]
+    if batch:
+        yield batch
+
+
+def class_map(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """H x W uint8 class ids from H x W foreground probabilities (binary: cut at ``threshold``)
+    or H x W x C class probabilities (multi-class: the most probable class), as
+    ``pipeline.model.outputs.class_map`` derives them for the metrics."""
+    if probabilities.ndim == 2:
+        return (probabilities >= threshold).astype(np.uint8)
+    return probabilities.argmax(axis=2).astype(np.uint8)
+
+
+def soft_masks(probabilities: np.ndarray, classes: ClassSpec) -> dict[str, np.ndarray]:
+    """8-bit soft masks (probability x 255, rounded) by file-name suffix: ``_probability`` for a
+    binary model's foreground, ``_probability_<class>`` for each class after the background of a
+    multi-class one (the background's is 255 minus their sum)."""
+    scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
+    if probabilities.ndim == 2:
+        return {"_probability": scaled}
+    return {f"_probability_{name}": scaled[:, :, index] for index, name in enumerate(classes.names) if index}
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A model that turns RGB photos into masks. Subclasses run the network on a batch."""
+
+    backend: ClassVar[str]
+
+    image_size: int
+    threshold: float | None  # binary models only; multi-class ones take the top class
+    tta: bool
+    classes: ClassSpec
+
+    def network_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """N x C x S x S float32 probabilities for N x S x S x 3 uint8 RGB photos at ``image_size``."""
+        raise NotImplementedError
+
+    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Per pixel, at each image's own size: the foreground probability (H x W) of a binary
+        model, the class probabilities (H x W x C) of a multi-class one."""
+        size = (self.image_size, self.image_size)
+        batch = np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images])
+        probs = self.network_probabilities(batch)
+        # Resized as probabilities, then cut: smoother edges than resizing a class map.
+        return [
+            cv2.resize(prob.transpose(1, 2, 0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+            for prob, image in zip(probs, images, strict=True)
+        ]
+
+    def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """H x W uint8 class ids per image (0/1 for binary)."""
+        return [class_map(prob, self.threshold) for prob in self.probabilities(images)]
+
+    def mask_values(self, classes_map: np.ndarray) -> np.ndarray:
+        """What a mask file holds: 0/255 for binary (viewable, as always), class ids otherwise."""
+        return classes_map * 255 if self.classes.binary else classes_map
+
+    def masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.mask_values(classes_map) for classes_map in self.class_maps(images)]

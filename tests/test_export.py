@@ -1,0 +1,96 @@
+"""The ONNX export: what the file computes and says about itself, and the check that refuses a bad one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline.core.classes import ClassSpec
+from pipeline.core.errors import ModelError
+from pipeline.evaluate import export
+from pipeline.evaluate.predictions import SplitPredictions
+from pipeline.model.checkpoint import load_model
+from pipeline.serve.onnx_backend import OnnxSegmenter
+from pipeline.serve.settings import InferenceSettings
+from tests.helpers.modelstore import tiny_checkpoint
+
+THREE = ClassSpec.of(["background", "ellipse", "ring"], [[0, 0, 0], [255, 0, 0], [0, 0, 255]])
+
+
+def _test_split(model, classes: ClassSpec, tta: bool, count: int = 5, size: int = 64) -> SplitPredictions:
+    """What evaluate hands the export: test photos and PyTorch fp32 logits for them."""
+    images = np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        probabilities = export.ExportedNetwork(model, classes, tta)(torch.from_numpy(images))
+    logits = probabilities.logit() if classes.binary else probabilities.log()
+    masks = torch.zeros(count, 1, size, size)
+    return SplitPredictions("test", [str(i) for i in range(count)], images, masks, logits, 0.0, classes)
+
+
+@pytest.mark.parametrize(("classes", "tta"), [(ClassSpec.of(["background", "person"], None), True), (THREE, False)])
+def test_export_runs_any_batch_and_size_and_agrees_with_pytorch(tmp_path, classes, tta):
+    model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt", classes=classes))
+    threshold = 0.5 if classes.binary else None
+    settings = InferenceSettings(threshold, tta, "ab" * 32)
+    check = export.export_verified(model, tmp_path / "model.onnx", settings, _test_split(model, classes, tta), 32)
+    assert check.mask_agreement >= 0.999 and check.max_abs_probability_diff < 1e-4
+    assert (check.images, check.pixels) == (5, 5 * 64 * 64)
+
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    meta = {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
+    assert meta["classes"] == list(classes.names) and meta["threshold"] == threshold and meta["tta"] is tta
+    assert meta["palette"] == classes.to_dict()["palette"] and meta["image_size"] == 32
+    assert meta["opset"] == export.OPSET and "TorchScript" in meta["exporter"]
+    assert meta["checkpoint_sha256"] == "ab" * 32 and "uint8 RGB" in meta["input"]
+    for shape in [(1, 32, 160, 3), (3, 96, 64, 3)]:
+        images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        got = session.run(["probabilities"], {"image": images})[0]
+        with torch.no_grad():
+            want = export.ExportedNetwork(model, classes, tta)(torch.from_numpy(images)).numpy()
+        assert got.shape == (shape[0], classes.channels, shape[1], shape[2])
+        assert np.abs(got - want).max() < 1e-4
+        if not classes.binary:
+            assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)  # softmax inside the graph
+
+
+def test_a_tampered_graph_is_measured_and_refused(tmp_path, monkeypatch):
+    classes = ClassSpec.of(["background", "person"], None)
+    model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt"))
+    test = _test_split(model, classes, tta=False)
+    reference = test.logits.sigmoid()
+    threshold = float(reference.median())  # about half the pixels are foreground
+    settings = InferenceSettings(threshold, False, "")
+    graph = export.onnx_graph(model, classes, settings, 32)
+    # Every probability 1: the masks agree exactly where PyTorch says foreground.
+    bias = next(init for init in graph.graph.initializer if init.name.endswith("segmentation_head.0.bias"))
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1000, bias.name))
+    onnx.save(graph, tmp_path / "tampered.onnx")
+
+    check = export.compare(tmp_path / "tampered.onnx", test, threshold)
+    assert check.mask_agreement == pytest.approx(float((reference >= threshold).float().mean()))
+    assert check.max_abs_probability_diff == pytest.approx(float(1 - reference.min()), abs=1e-6)
+
+    monkeypatch.setattr(export, "onnx_graph", lambda *args: graph)
+    with pytest.raises(ModelError, match=r"disagrees with PyTorch fp32: mask agreement \d+\.\d+% of 20480") as caught:
+        export.export_verified(model, tmp_path / "model.onnx", settings, test, 32)
+    assert "was not written" in str(caught.value)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_onnx_backend_refuses_files_that_are_not_pipeline_exports(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="junk.onnx: onnxruntime cannot load it"):
+        OnnxSegmenter.load(tmp_path / "junk.onnx")
+    model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt"))
+    graph = export.onnx_graph(
+        model, ClassSpec.of(["background", "person"], None), InferenceSettings(0.5, False, ""), 32
+    )
+    del graph.metadata_props[:]
+    onnx.save(graph, tmp_path / "bare.onnx")
+    with pytest.raises(ModelError, match="bare.onnx: not an ONNX model exported by this pipeline"):
+        OnnxSegmenter.load(tmp_path / "bare.onnx")
