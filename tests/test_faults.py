@@ -204,7 +204,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
     assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate"}
     decision = json.loads((project / "models" / "registry.json").read_text())
     assert (decision["metric"], decision["alias"]) == ("val_dice", "challenger")
-    assert (decision["champion_version"], decision["champion_val_dice"]) == (champion.version, 1.0)
+    assert (decision["champion_version"], decision["champion_val_dice"]) == (str(champion.version), 1.0)
     assert f"does not beat champion version {champion.version} (1.0000)" in decision["reason"]
     assert mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion").version == champion.version
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)

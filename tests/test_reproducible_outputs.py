@@ -14,7 +14,14 @@ pytestmark = pytest.mark.e2e
 
 # Run identities (models/run.json, the model card's run line) and timings (metrics/history.csv's
 # epoch_seconds) are what may differ between two runs, and none of these files holds one.
-IDENTICAL = ("data/split", "data/report.json", "models/best.pt", "models/inference.json", "metrics/evaluate.json")
+IDENTICAL = (
+    "data/split",
+    "data/report.json",
+    "models/best.pt",
+    "models/inference.json",
+    "models/model.onnx",
+    "metrics/evaluate.json",
+)
 
 
 def run_copy(root: Path) -> Path:

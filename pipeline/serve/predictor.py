@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, fields, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
-from ruamel.yaml import YAML, YAMLError
 
 from ..core.device import resolve_device
 from ..core.errors import ModelError
@@ -17,6 +16,7 @@ from ..core.files import sha256_file
 from ..model.checkpoint import checkpoint_classes, load_model
 from ..model.inputs import eval_transform
 from ..model.outputs import class_probabilities, predict_logits
+from .registered import registered_artifact
 from .segmenter import Segmenter
 from .settings import InferenceSettings
 
@@ -53,30 +53,17 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
 def _registered_predictor(model_ref: str) -> Predictor:
     """The registered version's checkpoint and inference settings, and nothing else: its code is
     never imported or run, so a version anyone with registry access logged cannot run code here."""
-    import mlflow
-
-    from ..tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
     with tempfile.TemporaryDirectory(prefix="unet-predict-") as tmp:
+        config, checkpoint = registered_artifact(model_ref, CHECKPOINT_ARTIFACT, Path(tmp))
         try:
-            description = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/MLmodel", dst_path=tmp))
-            spec = YAML(typ="safe", pure=True).load(description.read_text(encoding="utf-8"))
-            pyfunc = spec["flavors"]["python_function"]
-            settings = InferenceSettings(
-                **{field.name: pyfunc["config"][field.name] for field in fields(InferenceSettings)}
-            )
-            relative = PurePosixPath(pyfunc["artifacts"][CHECKPOINT_ARTIFACT]["path"])
-            if relative.is_absolute() or ".." in relative.parts:
-                raise ValueError(f"checkpoint path {relative} leaves the model")
-            checkpoint = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/{relative}", dst_path=tmp))
-        except mlflow.exceptions.MlflowException as exc:
-            raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0]}") from None
-        except (KeyError, TypeError, ValueError, YAMLError):
+            settings = InferenceSettings(**{field.name: config[field.name] for field in fields(InferenceSettings)})
+        except (KeyError, TypeError):
+            settings = None
+        if checkpoint is None or settings is None:
             raise ModelError(
                 f"--model {model_ref}: not a model registered by this pipeline (it needs a {CHECKPOINT_ARTIFACT!r} "
                 "artifact and threshold/tta/checkpoint_sha256 settings); register it with the evaluate stage"
-            ) from None
+            )
         if sha256_file(checkpoint) != settings.checkpoint_sha256:
             raise ModelError(
                 f"--model {model_ref}: the checkpoint is not the one its settings were evaluated for "
