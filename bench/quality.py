@@ -19,7 +19,11 @@ repro` output, written as it runs.
 The table lists every run in the order it ran (test Dice, val Dice at the best epoch, best
 epoch, wall time for all four stages) and, per configuration, test Dice mean ± standard
 deviation over its seeds; it names the machine and the commit, and is rewritten after each
-run (--output), so an interrupted session keeps what finished.
+run (--output), so an interrupted session keeps what finished. Beside the table, --output
+keeps the finished runs as JSON (`quality.md` -> `quality.json`); `--resume` reads them back
+and skips every (configuration, seed) already measured with exactly the same params, so a
+table over many seeds can be built up over several sittings. Each row names the commit
+it ran.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ruamel.yaml import YAML
+
+from pipeline.core.files import read_json, write_json, write_text
 
 PROJECT = Path(__file__).resolve().parents[1]
 # scripts/ is a folder of scripts, not a package: its copy helper is shared with `make demo`.
@@ -54,6 +60,8 @@ class Run:
     best_epoch: int | None
     wall_s: float
     error: str = ""
+    commit: str = ""
+    params: dict = field(default_factory=dict, repr=False)
 
 
 def parse_overrides(text: str) -> dict[str, object]:
@@ -98,6 +106,12 @@ def commit() -> str:
 
 
 def run_pipeline(name: str, seed: int, params: dict, keep: Path | None) -> Run:
+    run = measure(name, seed, params, keep)
+    run.commit, run.params = commit(), params
+    return run
+
+
+def measure(name: str, seed: int, params: dict, keep: Path | None) -> Run:
     with tempfile.TemporaryDirectory(prefix=f"quality-{name}-{seed}-") as scratch:
         project = Path(scratch) / "project"
         project.mkdir()
@@ -139,15 +153,15 @@ def table(runs: list[Run], header: str) -> str:
     lines = [
         header,
         "",
-        "| # | configuration | seed | test Dice | val Dice | best epoch | wall (min) |",
-        "|---|---|---|---|---|---|---|",
+        "| # | configuration | seed | test Dice | val Dice | best epoch | wall (min) | commit |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for index, run in enumerate(runs, 1):
         epoch = "-" if run.best_epoch is None else str(run.best_epoch)
         failed = f" (failed: {run.error})" if run.error else ""
         lines.append(
             f"| {index} | {run.config}{failed} | {run.seed} | {score(run.test_dice)} | {score(run.val_dice)} "
-            f"| {epoch} | {run.wall_s / 60:.1f} |"
+            f"| {epoch} | {run.wall_s / 60:.1f} | {run.commit or '-'} |"
         )
     lines += [
         "",
@@ -185,6 +199,9 @@ def main() -> None:
     parser.add_argument("--order", choices=["seed", "config"], default="seed", help="outer loop (default: seed)")
     parser.add_argument("--output", type=Path, help="also write the table here (rewritten after each run)")
     parser.add_argument("--logs", type=Path, help="keep each run's `dvc repro` output in this folder")
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the finished runs recorded beside --output with the same params"
+    )
     args = parser.parse_args()
 
     base = YAML(typ="safe", pure=True).load((PROJECT / "params.yaml").read_text())
@@ -205,17 +222,37 @@ def main() -> None:
         f"Machine: {machine()}; commit {commit()}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{base['data']['image_size']} px, {base['train']['epochs']} epochs."
     )
+    if args.resume and not args.output:
+        raise SystemExit("bench: --resume reads the runs recorded beside --output: name it")
+    record = args.output.with_suffix(".json") if args.output else None
+    earlier = recorded_runs(record) if args.resume else []
     runs: list[Run] = []
     for (name, overrides), seed in plan:
         params = json.loads(json.dumps(base))
         apply(params, overrides | {"train.seed": seed})
-        print(f"bench: {name}, seed {seed} ...", flush=True)
-        runs.append(run_pipeline(name, seed, params, args.logs))
+        done = [run for run in earlier if (run.config, run.seed, run.params) == (name, seed, params) and not run.error]
+        if done:
+            print(f"bench: {name}, seed {seed}: measured before at commit {done[0].commit}, reused", flush=True)
+            runs.append(done[0])
+        else:
+            print(f"bench: {name}, seed {seed} ...", flush=True)
+            runs.append(run_pipeline(name, seed, params, args.logs))
         report = table(runs, header)
         print(report, flush=True)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(report)
+            write_text(args.output, report)
+            # Earlier runs this plan did not ask for stay in the record: nothing measured is lost.
+            write_json(record, [asdict(run) for run in runs + [run for run in earlier if run not in runs]])
+
+
+def recorded_runs(record: Path) -> list[Run]:
+    if not record.exists():
+        return []
+    try:
+        return [Run(**entry) for entry in read_json(record)]
+    except (ValueError, TypeError) as error:
+        raise SystemExit(f"bench: {record} is not a record this bench wrote ({error}); move it aside") from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers.datasets import make_dataset
 from tests.helpers.project import PROJECT_ROOT
 
@@ -87,3 +89,36 @@ def test_inference_speed_bench_runs_every_variant_and_prints_the_onnxruntime_rat
     assert rows["torch_fp32"][2] == "1.00" and all(float(row[1]) > 0 for row in rows.values())
     # The onnxruntime variant runs predict without ever importing PyTorch.
     assert "imported torch" not in result.stdout
+
+
+def test_quality_bench_resumes_from_its_record_and_reruns_only_what_is_missing_or_changed(tmp_path, monkeypatch):
+    quality = load_bench("quality")
+    measured = []
+
+    def fake_run(name, seed, params, keep):
+        measured.append((name, seed))
+        return quality.Run(name, seed, 0.5 + seed / 1000, 0.5, 3, 60, commit="new", params=params)
+
+    monkeypatch.setattr(quality, "run_pipeline", fake_run)
+    output = tmp_path / "quality.md"
+
+    def bench(*args):
+        monkeypatch.setattr(sys, "argv", ["quality.py", "--output", str(output), *args])
+        quality.main()
+
+    bench("--seeds", "1", "2", "--config", "a: train.lr=0.01")
+    assert measured == [("a", 1), ("a", 2)]
+    measured.clear()
+    # Seed 3 is new, and configuration "a" now means other params: only what was not measured runs.
+    bench("--resume", "--seeds", "1", "2", "3", "--config", "a: train.lr=0.01", "--config", "b: train.lr=0.02")
+    assert measured == [("b", 1), ("b", 2), ("a", 3), ("b", 3)]
+    text = output.read_text()
+    assert "| a | 3 | 0.5020 ± 0.0010 |" in text and "| b | 3 | 0.5020 ± 0.0010 |" in text
+    measured.clear()
+    bench("--resume", "--seeds", "1", "--config", "a: train.lr=0.03")
+    assert measured == [("a", 1)]
+    # The record keeps the runs this plan did not ask for.
+    assert len(quality.recorded_runs(output.with_suffix(".json"))) == 7
+    (output.with_suffix(".json")).write_text('[{"config": "a"}]')
+    with pytest.raises(SystemExit, match="quality.json is not a record"):
+        bench("--resume", "--seeds", "1")
