@@ -9,31 +9,36 @@ Writes: models/model.onnx (verified against PyTorch: metrics/export.json), metri
         version and its alias (champion or challenger, decided on validation Dice)
 """
 
-import mlflow
+from pipeline.core.stage import exit_interrupted, run_stage
 
-from pipeline.core import paths
-from pipeline.core.config import Config, load_config
-from pipeline.core.files import sha256_file, write_csv, write_json, write_png, write_text
-from pipeline.core.splits import SplitInfo
-from pipeline.core.stage import run_stage
-from pipeline.evaluate.card import render_card
-from pipeline.evaluate.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
-from pipeline.evaluate.export import export_verified
-from pipeline.evaluate.gallery import CASES_EACH, render_gallery
-from pipeline.evaluate.predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
-from pipeline.evaluate.registry import (
-    SELECTION_DESCRIPTION,
-    SELECTION_METRIC,
-    Contender,
-    apply_decision,
-    current_champion,
-    decide_alias,
-    register_model,
-    version_tags,
-)
-from pipeline.evaluate.thresholds import SWEEP_FIELDS, best_threshold, sweep
-from pipeline.serve.settings import InferenceSettings
-from pipeline.tracking import DATA_SOURCE_TAG, ENCODER_WEIGHTS_TAG, RunInfo, log_to_run, require_run
+# Ctrl-C during the seconds torch and MLflow take to load: one line, not a traceback.
+try:
+    import mlflow
+
+    from pipeline.core import paths
+    from pipeline.core.config import Config, load_config
+    from pipeline.core.files import sha256_file, write_csv, write_json, write_png, write_text
+    from pipeline.core.splits import SplitInfo
+    from pipeline.evaluate.card import render_card
+    from pipeline.evaluate.confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
+    from pipeline.evaluate.export import export_verified
+    from pipeline.evaluate.gallery import CASES_EACH, render_gallery
+    from pipeline.evaluate.predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
+    from pipeline.evaluate.registry import (
+        SELECTION_DESCRIPTION,
+        SELECTION_METRIC,
+        Contender,
+        apply_decision,
+        current_champion,
+        decide_alias,
+        register_model,
+        version_tags,
+    )
+    from pipeline.evaluate.thresholds import SWEEP_FIELDS, best_threshold, sweep
+    from pipeline.serve.settings import InferenceSettings
+    from pipeline.tracking import DATA_SOURCE_TAG, ENCODER_WEIGHTS_TAG, RunInfo, log_to_run, require_run
+except KeyboardInterrupt:
+    exit_interrupted("evaluate")
 
 
 def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:

@@ -6,19 +6,21 @@ Writes: data/raw/ (the dataset, verified against the manifest), models/pretraine
         weights; empty for model.encoder_weights: null)
 """
 
-from pipeline.core.stage import run_stage
+from pipeline.core.stage import exit_interrupted, run_stage
 
-
-def main() -> None:
-    # Imported here, under run_stage: Ctrl-C during the seconds torch takes to import is then
-    # an interruption like any other, not a traceback.
+# Ctrl-C during the seconds torch takes to load: one line, not a traceback.
+try:
     from pathlib import Path
 
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.fetch.dataset import fetch_dataset
     from pipeline.fetch.encoder_weights import fetch_pretrained_encoder
+except KeyboardInterrupt:
+    exit_interrupted("fetch")
 
+
+def main() -> None:
     cfg = load_config()
     manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
     fetch_dataset(

@@ -6,16 +6,19 @@ Writes: data/split/ (uint8 arrays per split, split.json with ids, classes and th
         content hash), data/report.json (what was found, repaired and skipped)
 """
 
-from pipeline.core.stage import run_stage
+from pipeline.core.stage import exit_interrupted, run_stage
 
-
-def main() -> None:
-    # Imported under run_stage, so that Ctrl-C while they load is one line, not a traceback.
+# Ctrl-C during the seconds torch takes to load: one line, not a traceback.
+try:
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.prepare.preparation import build_split
     from pipeline.prepare.report import format_summary
+except KeyboardInterrupt:
+    exit_interrupted("split")
 
+
+def main() -> None:
     cfg = load_config()
     report = build_split(paths.RAW_DIR, paths.SPLIT_DIR, paths.DATA_REPORT, cfg.data, cfg.split)
     print(format_summary(report))

@@ -8,13 +8,18 @@ Writes: models/best.pt, models/last.pt (resume checkpoint, not a DVC output), mo
 Also the entry point for multi-GPU training: `torchrun --nproc_per_node=N stages/train.py`.
 """
 
-from pipeline.core import paths
-from pipeline.core.config import Config, load_config
-from pipeline.core.files import read_json, write_json
-from pipeline.core.stage import run_stage
-from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, data_report_metrics, git_commit, training_run
-from pipeline.train import distributed
-from pipeline.train.session import NoTracker, TrainingSession, summary
+from pipeline.core.stage import exit_interrupted, run_stage
+
+# Ctrl-C during the seconds torch and MLflow take to load: one line, not a traceback.
+try:
+    from pipeline.core import paths
+    from pipeline.core.config import Config, load_config
+    from pipeline.core.files import read_json, write_json
+    from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, data_report_metrics, git_commit, training_run
+    from pipeline.train import distributed
+    from pipeline.train.session import NoTracker, TrainingSession, summary
+except KeyboardInterrupt:
+    exit_interrupted("train")
 
 
 def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:

@@ -229,9 +229,10 @@ def stage(project: Path, name: str) -> subprocess.Popen:
     )
 
 
-def test_ctrl_c_while_fetch_starts_up_is_one_line(tmp_path: Path):
+@pytest.mark.parametrize("name", ["fetch", "split", "train", "evaluate"])
+def test_ctrl_c_while_a_stage_starts_up_is_one_line(tmp_path: Path, name: str):
     project = project_with(tmp_path, source="synthetic:4")
-    process = stage(project, "fetch")
+    process = stage(project, name)
     maps = Path(f"/proc/{process.pid}/maps")
     while process.poll() is None and "libtorch" not in maps.read_text():
         time.sleep(0.05)
@@ -239,7 +240,7 @@ def test_ctrl_c_while_fetch_starts_up_is_one_line(tmp_path: Path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines() == [
-        "fetch: interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
+        f"{name}: interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
     ]
 
 

@@ -13,6 +13,16 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+INTERRUPTED_NOTE = "interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
+
+
+def exit_interrupted(name: str, note: str = "") -> None:
+    """What Ctrl-C prints, whenever it comes: one line, exit status 130. Stage files call it
+    from around their imports too, which take seconds (torch, MLflow) before run_stage runs."""
+    print(f"{name}: {note or INTERRUPTED_NOTE}", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -43,6 +53,4 @@ def run_stage(name: str, main: Callable[[], None], description: str) -> None:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt as exc:
-        note = str(exc) or "interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
-        print(f"{name}: {note}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted(name, str(exc))
