@@ -105,9 +105,10 @@ def test_gallery_colours_false_positives_and_negatives_differently():
 def _card(params, data_hash: str, classes, source: str = "https://example.com/people.zip") -> str:
     from pipeline.core.config import parse_config
     from pipeline.core.splits import SplitInfo
-    from pipeline.evaluate.card import METRIC_NAMES, render_card
+    from pipeline.evaluate.card import render_card
+    from pipeline.model.metrics import METRIC_FUNCTIONS
 
-    metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_NAMES for suffix in ("", "_pooled")}
+    metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
     metrics.update(test_dice=0.8125, threshold=0.35)
     return render_card(
         registered_model="m",

@@ -6,8 +6,8 @@ from typing import Any
 
 from ..core.classes import ClassSpec
 from ..core.splits import SplitInfo
+from ..model.metrics import METRIC_FUNCTIONS
 
-METRIC_NAMES = ("dice", "iou", "pixel_accuracy", "precision", "recall")
 # Content hash (split.json's data_hash) of the reference Human-Segmentation dataset, from
 # whichever source it was fetched: only a model trained on it gets the people-photo wording.
 REFERENCE_DATA_HASH = "12617323389a0b528707da125a7710d16d3a8d878397141b5af9cf12d4801eb6"
@@ -93,7 +93,8 @@ def render_card(
         text.update(intended_use=REFERENCE_INTENDED_USE, limits=REFERENCE_LIMITS)
         dataset = f"{REFERENCE_DATASET}, from `{data_source}`"
     rows = "\n".join(
-        f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |" for name in METRIC_NAMES
+        f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |"
+        for name in METRIC_FUNCTIONS
     )
     worst_lines = "\n".join(
         f"- `{row['id']}`: Dice {row['dice']:.3f}, "
