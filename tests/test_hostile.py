@@ -489,16 +489,27 @@ def test_predict_on_an_empty_folder_says_no_images_were_found(tmp_path: Path, ch
     assert f"error: no images found in {tmp_path / 'empty'}" in capsys.readouterr().err
 
 
-def test_predict_overlay_names_never_collide(tmp_path: Path, checkpoint: Path):
-    photos = make_dataset(tmp_path / "photos", count=2)
+def test_predict_output_names_never_collide(tmp_path: Path, checkpoint: Path):
+    photos = make_dataset(tmp_path / "photos", count=3)
     (photos / "images" / "000.jpg").rename(photos / "images" / "x.jpg")
     (photos / "images" / "001.jpg").rename(photos / "images" / "x_overlay.jpg")
-    assert predict(photos / "images", "--model", checkpoint, "--out", tmp_path / "masks", "--overlay") == 0
+    (photos / "images" / "002.jpg").rename(photos / "images" / "x_probability.jpg")
+    args = ("--model", checkpoint, "--out", tmp_path / "masks", "--overlay", "--probabilities")
+    assert predict(photos / "images", *args) == 0
     written = sorted(p.name for p in (tmp_path / "masks").iterdir())
-    assert written == ["x.png", "x_overlay.png", "x_overlay_.png", "x_overlay__overlay.png"]
+    # Inputs are taken in name order: x, x_overlay, x_probability.
+    assert written == sorted(
+        ["x.png", "x_overlay.png", "x_probability.png"]
+        + ["x_overlay_.png", "x_overlay__overlay.png", "x_overlay__probability.png"]
+        + ["x_probability_.png", "x_probability__overlay.png", "x_probability__probability.png"]
+    )
     # Each mask is a mask (one channel) and each overlay a photo (three), whatever the names suggest.
     channels = {name: cv2.imread(str(tmp_path / "masks" / name), cv2.IMREAD_UNCHANGED).ndim for name in written}
-    assert channels == {"x.png": 2, "x_overlay.png": 3, "x_overlay_.png": 2, "x_overlay__overlay.png": 3}
+    assert {name for name, ndim in channels.items() if ndim == 3} == {
+        "x_overlay.png",
+        "x_overlay__overlay.png",
+        "x_probability__overlay.png",
+    }
 
 
 def test_predict_on_a_non_utf8_file_name_writes_its_mask(tmp_path: Path, checkpoint: Path):

@@ -19,7 +19,7 @@ from ..core.paths import ONNX_MODEL
 from .onnx_backend import ONNX_ARTIFACT, OnnxSegmenter
 from .palette import overlay_colours
 from .registered import registered_artifact
-from .segmenter import Segmenter, class_map, image_batches, soft_masks
+from .segmenter import Segmenter, class_map, image_batches, soft_mask_suffixes, soft_masks
 
 # The faster one on CPU (docs/performance.md), used whenever the model has an ONNX export.
 DEFAULT_BACKEND = "onnxruntime"
@@ -49,11 +49,12 @@ def overlay(image: np.ndarray, classes_map: np.ndarray, classes: ClassSpec) -> n
     return blended.astype(np.uint8)
 
 
-def _output_names(stem: str, with_overlay: bool, used: set[str]) -> tuple[str, ...]:
-    """``<stem>.png`` (and ``<stem>_overlay.png``), with ``_`` added to the stem until no earlier
-    output has either name: the same stem in two folders, or ``x.jpg`` beside ``x_overlay.jpg``."""
+def _output_names(stem: str, suffixes: list[str], used: set[str]) -> list[str]:
+    """``<stem><suffix>.png`` per suffix (``""`` the mask, ``_overlay``, soft masks), with ``_``
+    added to the stem until no earlier output has any of these names: the same stem in two
+    folders, or ``x.jpg`` beside ``x_overlay.jpg`` or ``x_probability.jpg``."""
     while True:
-        names = (f"{stem}.png", f"{stem}_overlay.png") if with_overlay else (f"{stem}.png",)
+        names = [f"{stem}{suffix}.png" for suffix in suffixes]
         if used.isdisjoint(names):
             used.update(names)
             return names
@@ -129,6 +130,11 @@ def predict_files(
     written: list[Path] = []
     failures: list[str] = []
     used: set[str] = set()
+    suffixes = [
+        "",
+        *(["_overlay"] if with_overlay else []),
+        *(soft_mask_suffixes(predictor.classes) if with_probabilities else []),
+    ]
     progress = tqdm(total=len(files), desc="predict", unit="image")
 
     def decoded() -> Iterator[tuple[Path, np.ndarray]]:
@@ -143,15 +149,15 @@ def predict_files(
         for (path, image), probabilities in zip(
             batch, predictor.probabilities([image for _, image in batch]), strict=True
         ):
-            names = _output_names(path.stem, with_overlay, used)
+            mask_name, *names = _output_names(path.stem, suffixes, used)
             classes_map = class_map(probabilities, predictor.threshold)
-            write_png(out_dir / names[0], predictor.mask_values(classes_map))
+            write_png(out_dir / mask_name, predictor.mask_values(classes_map))
             if with_overlay:
-                write_png(out_dir / names[1], overlay(image, classes_map, predictor.classes))
+                write_png(out_dir / names.pop(0), overlay(image, classes_map, predictor.classes))
             if with_probabilities:
-                for suffix, soft in soft_masks(probabilities, predictor.classes).items():
-                    write_png(out_dir / f"{Path(names[0]).stem}{suffix}.png", soft)
-            written.append(out_dir / names[0])
+                for name, soft in zip(names, soft_masks(probabilities, predictor.classes).values(), strict=True):
+                    write_png(out_dir / name, soft)
+            written.append(out_dir / mask_name)
             progress.update(1)
     progress.close()
     return written, failures

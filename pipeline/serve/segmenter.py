@@ -50,8 +50,15 @@ def soft_masks(probabilities: np.ndarray, classes: ClassSpec) -> dict[str, np.nd
     multi-class one (the background's is 255 minus their sum)."""
     scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
     if probabilities.ndim == 2:
-        return {"_probability": scaled}
-    return {f"_probability_{name}": scaled[:, :, index] for index, name in enumerate(classes.names) if index}
+        return dict(zip(soft_mask_suffixes(classes), [scaled], strict=True))
+    return dict(zip(soft_mask_suffixes(classes), np.moveaxis(scaled[:, :, 1:], -1, 0), strict=True))
+
+
+def soft_mask_suffixes(classes: ClassSpec) -> list[str]:
+    """The file-name suffixes ``soft_masks`` writes for these classes, in order."""
+    if classes.binary:
+        return ["_probability"]
+    return [f"_probability_{name}" for name in classes.names[1:]]
 
 
 @dataclass(frozen=True)
