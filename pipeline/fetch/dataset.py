@@ -23,7 +23,8 @@ OFFLINE_HINT = (
     "To use a local copy instead, point data.source at a .zip, .tar.gz or folder, e.g.\n"
     "  dvc exp run -S data.source=~/data/human-seg.zip\n"
     "or edit data.source in params.yaml. With no data at hand, the generated dataset needs no network:\n"
-    "  dvc exp run -S data.source=synthetic -S data.manifest=null -S model.encoder_weights=null\n"
+    "  dvc exp run -S data.source=synthetic -S data.manifest=null -S model.encoder_weights=null \\\n"
+    "    -S 'data.classes=[background,shape]'\n"
     "(or `make demo`, which runs the whole pipeline on it in a separate copy of the project)."
 )
 
