@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -218,7 +219,7 @@ def main() -> None:
     )
 
     header = (
-        f"Quality: `{' '.join(['python bench/quality.py', *sys.argv[1:]])}`\n\n"
+        f"Quality: `{shlex.join(['python', 'bench/quality.py', *sys.argv[1:]])}`\n\n"
         f"Machine: {machine()}; commit {commit()}; started {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; "
         f"{base['data']['image_size']} px, {base['train']['epochs']} epochs."
     )
