@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import PipelineError
 
@@ -16,7 +17,7 @@ EXIT_INTERRUPTED = 130
 INTERRUPTED_NOTE = "interrupted; outputs written so far are complete files. Run `dvc repro` to continue."
 
 
-def exit_interrupted(name: str, note: str = "") -> None:
+def exit_interrupted(name: str, note: str = "") -> NoReturn:
     """What Ctrl-C prints, whenever it comes: one line, exit status 130. Stage files call it
     from around their imports too, which take seconds (torch, MLflow) before run_stage runs."""
     print(f"{name}: {note or INTERRUPTED_NOTE}", file=sys.stderr)
