@@ -107,8 +107,10 @@ def commit() -> str:
 
 
 def run_pipeline(name: str, seed: int, params: dict, keep: Path | None) -> Run:
+    # Named before the run: the copy is taken at its start, the checkout may move meanwhile.
+    revision = commit()
     run = measure(name, seed, params, keep)
-    run.commit, run.params = commit(), params
+    run.commit, run.params = revision, params
     return run
 
 

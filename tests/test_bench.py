@@ -12,31 +12,27 @@ from tests.helpers.datasets import make_dataset
 from tests.helpers.project import PROJECT_ROOT
 
 
-def test_train_speed_bench_runs_both_loops_and_prints_the_speedup_line(tmp_path):
-    # An archive, as `make bench` is pointed at by hand: exercises the fetch path too.
-    source = shutil.make_archive(str(tmp_path / "data"), "zip", make_dataset(tmp_path / "data", count=24, size=48))
+def run_bench(name: str, *args: str) -> list[str]:
+    """Run ``bench/<name>.py`` as a user would and return its output lines."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "bench/train_speed.py",
-            "--source",
-            source,
-            "--image-size",
-            "32",
-            "--epochs",
-            "1",
-            "--set",
-            "train.batch_size=4",
-            "--set",
-            "train.num_workers=0",
-        ],
+        [sys.executable, f"bench/{name}.py", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    return result.stdout.strip().splitlines()
+
+
+def test_train_speed_bench_runs_both_loops_and_prints_the_speedup_line(tmp_path):
+    # An archive, as `make bench` is pointed at by hand: exercises the fetch path too.
+    source = shutil.make_archive(str(tmp_path / "data"), "zip", make_dataset(tmp_path / "data", count=24, size=48))
+    lines = run_bench(
+        "train_speed",
+        *("--source", source, "--image-size", "32", "--epochs", "1"),
+        *("--set", "train.batch_size=4", "--set", "train.num_workers=0"),
+    )
     assert re.fullmatch(r"speedup_vs_notebook_loop: \d+\.\d\d", lines[-1])
     assert re.fullmatch(r"time_to_dice_vs_notebook: \d+\.\d\d", lines[-2])
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("notebook_loop ", "pipeline "))}
@@ -73,22 +69,15 @@ def test_quality_bench_reads_configurations_and_summarises_seeds_in_the_order_ru
 
 
 def test_inference_speed_bench_runs_every_variant_and_prints_the_onnxruntime_ratio():
-    result = subprocess.run(
-        [sys.executable, "bench/inference_speed.py", "--image-size", "64", "--images", "4", "--batch-size", "2"]
-        + ["--encoder", "resnet18"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    lines = run_bench(
+        "inference_speed", "--image-size", "64", "--images", "4", "--batch-size", "2", "--encoder", "resnet18"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"onnxruntime_vs_torch_fp32: \d+\.\d\d", lines[-1])
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("torch_", "onnxruntime "))}
     assert set(rows) == {"torch_fp32", "torch_channels_last", "torch_bf16", "torch_bf16_channels_last", "onnxruntime"}
     assert rows["torch_fp32"][2] == "1.00" and all(float(row[1]) > 0 for row in rows.values())
     # The onnxruntime variant runs predict without ever importing PyTorch.
-    assert "imported torch" not in result.stdout
+    assert not any("imported torch" in line for line in lines)
 
 
 def test_quality_bench_resumes_from_its_record_and_reruns_only_what_is_missing_or_changed(tmp_path, monkeypatch):
