@@ -149,15 +149,15 @@ def predict_files(
         for (path, image), probabilities in zip(
             batch, predictor.probabilities([image for _, image in batch]), strict=True
         ):
-            mask_name, *names = _output_names(path.stem, suffixes, used)
+            names = dict(zip(suffixes, _output_names(path.stem, suffixes, used), strict=True))
             classes_map = class_map(probabilities, predictor.threshold)
-            write_png(out_dir / mask_name, predictor.mask_values(classes_map))
+            write_png(out_dir / names[""], predictor.mask_values(classes_map))
             if with_overlay:
-                write_png(out_dir / names.pop(0), overlay(image, classes_map, predictor.classes))
+                write_png(out_dir / names["_overlay"], overlay(image, classes_map, predictor.classes))
             if with_probabilities:
-                for name, soft in zip(names, soft_masks(probabilities, predictor.classes).values(), strict=True):
-                    write_png(out_dir / name, soft)
-            written.append(out_dir / mask_name)
+                for suffix, soft in soft_masks(probabilities, predictor.classes).items():
+                    write_png(out_dir / names[suffix], soft)
+            written.append(out_dir / names[""])
             progress.update(1)
     progress.close()
     return written, failures
