@@ -49,9 +49,8 @@ def soft_masks(probabilities: np.ndarray, classes: ClassSpec) -> dict[str, np.nd
     binary model's foreground, ``_probability_<class>`` for each class after the background of a
     multi-class one (the background's is 255 minus their sum)."""
     scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
-    if probabilities.ndim == 2:
-        return dict(zip(soft_mask_suffixes(classes), [scaled], strict=True))
-    return dict(zip(soft_mask_suffixes(classes), np.moveaxis(scaled[:, :, 1:], -1, 0), strict=True))
+    foreground = [scaled] if probabilities.ndim == 2 else [scaled[:, :, index] for index in range(1, scaled.shape[2])]
+    return dict(zip(soft_mask_suffixes(classes), foreground, strict=True))
 
 
 def soft_mask_suffixes(classes: ClassSpec) -> list[str]:
