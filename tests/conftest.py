@@ -1,11 +1,17 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+# A suite started in the background (`make test &`, some CI runners) inherits an ignored SIGINT,
+# and so would every stage it starts: the Ctrl-C tests need stages that hear it, as in a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from tests.helpers.project import SHARED_ZIP, load_params  # noqa: E402  (after the variable above)
 
