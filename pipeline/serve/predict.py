@@ -49,14 +49,14 @@ def overlay(image: np.ndarray, classes_map: np.ndarray, classes: ClassSpec) -> n
     return blended.astype(np.uint8)
 
 
-def _output_names(stem: str, suffixes: list[str], used: set[str]) -> list[str]:
-    """``<stem><suffix>.png`` per suffix (``""`` the mask, ``_overlay``, soft masks), with ``_``
+def _output_names(stem: str, suffixes: list[str], used: set[str]) -> dict[str, str]:
+    """``<stem><suffix>.png`` by suffix (``""`` the mask, ``_overlay``, soft masks), with ``_``
     added to the stem until no earlier output has any of these names: the same stem in two
     folders, or ``x.jpg`` beside ``x_overlay.jpg`` or ``x_probability.jpg``."""
     while True:
-        names = [f"{stem}{suffix}.png" for suffix in suffixes]
-        if used.isdisjoint(names):
-            used.update(names)
+        names = {suffix: f"{stem}{suffix}.png" for suffix in suffixes}
+        if used.isdisjoint(names.values()):
+            used.update(names.values())
             return names
         stem += "_"
 
@@ -149,7 +149,7 @@ def predict_files(
         for (path, image), probabilities in zip(
             batch, predictor.probabilities([image for _, image in batch]), strict=True
         ):
-            names = dict(zip(suffixes, _output_names(path.stem, suffixes, used), strict=True))
+            names = _output_names(path.stem, suffixes, used)
             classes_map = class_map(probabilities, predictor.threshold)
             write_png(out_dir / names[""], predictor.mask_values(classes_map))
             if with_overlay:
