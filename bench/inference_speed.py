@@ -59,8 +59,8 @@ def _torch_segmenter(variant: str, checkpoint: Path, device: str):
     import torch
 
     from pipeline.core.device import Precision
-    from pipeline.serve.predictor import Predictor
     from pipeline.serve.settings import InferenceSettings
+    from pipeline.serve.torch_backend import TorchSegmenter
 
     class Tuned(torch.nn.Module):
         """The network in another memory layout and/or precision; probabilities stay fp32."""
@@ -75,7 +75,7 @@ def _torch_segmenter(variant: str, checkpoint: Path, device: str):
             with self.precision.autocast():
                 return self.network(images).float()
 
-    predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), device)
+    predictor = TorchSegmenter.load(checkpoint, InferenceSettings(0.5, False, ""), device)
     channels_last, bf16 = TORCH_VARIANTS[variant]
     precision = Precision(predictor.device.type, torch.bfloat16 if bf16 else None)
     network = predictor.model.to(memory_format=torch.channels_last) if channels_last else predictor.model

@@ -43,9 +43,9 @@ from pipeline.model.inputs import SegmentationDataset, eval_transform
 from pipeline.model.losses import build_loss
 from pipeline.model.metrics import SegmentationMetrics
 from pipeline.model.network import build_model, load_pretrained_encoder
-from pipeline.prepare.layouts import Pair, find_inventory
-from pipeline.prepare.preparation import build_split
-from pipeline.prepare.samples import read_pair
+from pipeline.split.layouts import Pair, find_inventory
+from pipeline.split.preparation import build_split
+from pipeline.split.samples import read_pair
 from pipeline.train.loop import train_one_epoch, validate
 from pipeline.train.session import TrainingSession
 

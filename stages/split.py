@@ -12,8 +12,8 @@ from pipeline.core.stage import exit_interrupted, run_stage
 try:
     from pipeline.core import paths
     from pipeline.core.config import load_config
-    from pipeline.prepare.preparation import build_split
-    from pipeline.prepare.report import format_summary
+    from pipeline.split.preparation import build_split
+    from pipeline.split.report import format_summary
 except KeyboardInterrupt:
     exit_interrupted("split")
 

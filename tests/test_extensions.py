@@ -14,7 +14,7 @@ from pipeline.evaluate.predictions import load_for_evaluation
 from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.losses import LOSSES, DiceBCELoss, DiceCELoss, LovaszLoss, build_loss
 from pipeline.model.network import build_model
-from pipeline.prepare.layouts import LAYOUTS
+from pipeline.split.layouts import LAYOUTS
 from tests.helpers.modelstore import TINY_MODEL, tiny_checkpoint
 
 THREE = ClassSpec(("background", "cat", "dog"), None)

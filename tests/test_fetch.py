@@ -13,7 +13,7 @@ from pipeline.fetch.archive import extract
 from pipeline.fetch.dataset import build_manifest, fetch_dataset
 from pipeline.fetch.download import DownloadError, download
 from pipeline.fetch.synthetic import DEFAULT_COUNT
-from pipeline.prepare.layouts import find_inventory
+from pipeline.split.layouts import find_inventory
 from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer, closed_port_url
 from tests.helpers.project import PROJECT_ROOT

@@ -32,11 +32,11 @@ from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS
 from pipeline.fetch import archive
 from pipeline.fetch.dataset import fetch_dataset
 from pipeline.model.checkpoint import CHECKPOINT_FORMAT
-from pipeline.prepare.preparation import build_split
 from pipeline.serve.predict import predict_files
-from pipeline.serve.predictor import Predictor
 from pipeline.serve.pyfunc import BadPayload, SegmentationModel
 from pipeline.serve.settings import InferenceSettings
+from pipeline.serve.torch_backend import TorchSegmenter
+from pipeline.split.preparation import build_split
 from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
@@ -541,7 +541,7 @@ def test_manifest_of_a_missing_folder_is_refused(tmp_path: Path, capsys):
     assert not (tmp_path / "m.json").exists()
 
 
-def forward_batches(predictor: Predictor) -> list[int]:
+def forward_batches(predictor: TorchSegmenter) -> list[int]:
     """Records the batch size of every forward pass of the predictor's network."""
     sizes: list[int] = []
     predictor.model.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
@@ -550,7 +550,7 @@ def forward_batches(predictor: Predictor) -> list[int]:
 
 def test_predict_runs_many_images_in_bounded_batches(tmp_path: Path, checkpoint: Path):
     photos = make_dataset(tmp_path / "photos", count=20, size=32)
-    predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    predictor = TorchSegmenter.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
     sizes = forward_batches(predictor)
     files = sorted((photos / "images").iterdir())
     written, failures = predict_files(predictor, files, tmp_path / "masks", batch_size=INFERENCE_BATCH)
@@ -563,7 +563,7 @@ def test_predict_runs_many_images_in_bounded_batches(tmp_path: Path, checkpoint:
 
 def test_served_model_runs_a_request_of_many_images_in_bounded_batches(checkpoint: Path):
     model = SegmentationModel()
-    model.predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    model.predictor = TorchSegmenter.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
     sizes = forward_batches(model.predictor)
     _, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
     answers = model.predict(None, np.array([base64.b64encode(png.tobytes()).decode()] * 400))
@@ -572,7 +572,7 @@ def test_served_model_runs_a_request_of_many_images_in_bounded_batches(checkpoin
 
 def test_served_model_refuses_a_pixel_array_over_the_limit(checkpoint: Path):
     model = SegmentationModel()
-    model.predictor = Predictor.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
+    model.predictor = TorchSegmenter.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
     big = np.zeros((1, 8000, 6000))  # never touched: refused from its shape
     with pytest.raises(BadPayload, match=r"image 0: 6000x8000 pixels, more than the limit of 40,000,000"):
         model.predict(None, big)

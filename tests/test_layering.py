@@ -10,7 +10,7 @@ from tests.helpers.project import PROJECT_ROOT
 ALLOWED = {
     "pipeline/core": set(),
     "pipeline/fetch": {"pipeline/core"},
-    "pipeline/prepare": {"pipeline/core"},
+    "pipeline/split": {"pipeline/core"},
     "pipeline/model": {"pipeline/core"},
     "pipeline/train": {"pipeline/core", "pipeline/model"},
     "pipeline/serve": {"pipeline/core", "pipeline/model", "pipeline/tracking.py"},

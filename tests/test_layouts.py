@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import DataError
-from pipeline.prepare.layouts import find_inventory
+from pipeline.split.layouts import find_inventory
 from tests.helpers.datasets import make_dataset
 
 

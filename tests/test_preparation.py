@@ -12,8 +12,8 @@ from PIL import Image
 from pipeline.core.config import DataConfig, SplitConfig
 from pipeline.core.errors import DataError
 from pipeline.core.splits import SplitInfo, load_split
-from pipeline.prepare.preparation import build_split
-from pipeline.prepare.report import format_summary
+from pipeline.split.preparation import build_split
+from pipeline.split.report import format_summary
 from tests.helpers.datasets import make_dataset
 
 SPLIT = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=3)

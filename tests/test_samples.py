@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from pipeline.core.classes import PERSON, ClassSpec
-from pipeline.prepare.layouts import Pair
-from pipeline.prepare.report import BadSample
-from pipeline.prepare.samples import read_pair
+from pipeline.split.layouts import Pair
+from pipeline.split.report import BadSample
+from pipeline.split.samples import read_pair
 
 PHOTO = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)  # 60 wide, 40 high, BGR
 MASK = np.zeros((40, 60), np.uint8)

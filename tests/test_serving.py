@@ -21,10 +21,10 @@ from pipeline.core.errors import ModelError
 from pipeline.core.files import sha256_file
 from pipeline.core.images import decode_image
 from pipeline.serve.predict import load_segmenter
-from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.serve.pyfunc import BadPayload, read_image, request_images
 from pipeline.serve.segmenter import soft_masks
 from pipeline.serve.settings import InferenceSettings
+from pipeline.serve.torch_backend import TorchSegmenter, load_predictor
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
 from tests.helpers.serving import post, served
 
@@ -55,9 +55,9 @@ def photo(shared_zip) -> bytes:
 
 
 @pytest.fixture
-def reference(store) -> Predictor:
+def reference(store) -> TorchSegmenter:
     """What the served model must answer: the checkpoint applied with the registered settings."""
-    return Predictor.load(store[1], InferenceSettings(THRESHOLD, True, ""), "cpu")
+    return TorchSegmenter.load(store[1], InferenceSettings(THRESHOLD, True, ""), "cpu")
 
 
 def test_pyfunc_returns_masks_for_encoded_images_and_pixel_arrays(store, photo, reference):

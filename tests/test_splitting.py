@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import DataError
-from pipeline.prepare.splitting import split_pairs
+from pipeline.split.splitting import split_pairs
 
 HASH = "ab" * 32
 

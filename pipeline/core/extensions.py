@@ -4,7 +4,7 @@ training losses (``train.loss``).
 ``config.py`` validates both before any stage runs, and core imports nothing else of the
 package (tests/test_layering.py), so the names, and what each one accepts, live here. The
 implementations are registered under the same names where they are used:
-``prepare/layouts.py`` (``LAYOUTS``) and ``model/losses.py`` (``LOSSES``);
+``split/layouts.py`` (``LAYOUTS``) and ``model/losses.py`` (``LOSSES``);
 tests/test_extensions.py checks that both sides list the same names. docs/extending.md shows
 how to add one.
 """

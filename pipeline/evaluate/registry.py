@@ -27,8 +27,8 @@ from ..core.errors import TrackingError
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
 from ..serve.onnx_backend import ONNX_ARTIFACT
-from ..serve.predictor import CHECKPOINT_ARTIFACT
 from ..serve.settings import InferenceSettings
+from ..serve.torch_backend import CHECKPOINT_ARTIFACT
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # The one score a decision reads: mean per-image validation Dice of the deployable model (its

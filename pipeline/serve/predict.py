@@ -110,7 +110,7 @@ def load_segmenter(model_ref: str, *, threshold: float | None, device: str, back
             keep = threshold is None or not segmenter.classes.binary
             return segmenter if keep else replace(segmenter, threshold=threshold)
     # Imported only when PyTorch runs the model: the onnxruntime backend never loads it.
-    from .predictor import load_predictor
+    from .torch_backend import load_predictor
 
     return load_predictor(model_ref, threshold=threshold, device=device)
 

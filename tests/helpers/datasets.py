@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.config import DataConfig, SplitConfig
-from pipeline.prepare.preparation import build_split
+from pipeline.split.preparation import build_split
 
 
 def make_dataset(

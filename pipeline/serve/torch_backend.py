@@ -25,7 +25,7 @@ DEFAULT_THRESHOLD = 0.5
 CHECKPOINT_ARTIFACT = "checkpoint"
 
 
-def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> Predictor:
+def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> TorchSegmenter:
     """A local checkpoint path, or a registered model by MLflow URI (``models:/name@champion``,
     ``models:/name/3``, ``runs:/<run id>/model``). The model's stored threshold and TTA apply
     unless ``threshold`` overrides the former."""
@@ -38,7 +38,7 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
                 f"--model {model_ref}: no such checkpoint file (or use an MLflow URI like models:/NAME@champion)"
             )
         settings = InferenceSettings.beside(path)
-        predictor = Predictor.load(path, settings or InferenceSettings(DEFAULT_THRESHOLD, False, ""), device)
+        predictor = TorchSegmenter.load(path, settings or InferenceSettings(DEFAULT_THRESHOLD, False, ""), device)
         if settings is None:
             rule = f"threshold {DEFAULT_THRESHOLD}" if predictor.classes.binary else "the top class"
             print(f"predict: no evaluated settings beside {path} (run the evaluate stage); using {rule} without TTA")
@@ -50,7 +50,7 @@ def load_predictor(model_ref: str, *, threshold: float | None, device: str) -> P
     )
 
 
-def _registered_predictor(model_ref: str) -> Predictor:
+def _registered_predictor(model_ref: str) -> TorchSegmenter:
     """The registered version's checkpoint and inference settings, and nothing else: its code is
     never imported or run, so a version anyone with registry access logged cannot run code here."""
     with tempfile.TemporaryDirectory(prefix="unet-predict-") as tmp:
@@ -69,11 +69,11 @@ def _registered_predictor(model_ref: str) -> Predictor:
                 f"--model {model_ref}: the checkpoint is not the one its settings were evaluated for "
                 "(SHA-256 differs); register the model again with the evaluate stage"
             )
-        return Predictor.load(checkpoint, settings)
+        return TorchSegmenter.load(checkpoint, settings)
 
 
 @dataclass(frozen=True)
-class Predictor(Segmenter):
+class TorchSegmenter(Segmenter):
     """The PyTorch backend: the network rebuilt from its checkpoint."""
 
     backend: ClassVar[str] = "torch"
@@ -81,7 +81,7 @@ class Predictor(Segmenter):
     device: torch.device
 
     @classmethod
-    def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> Predictor:
+    def load(cls, checkpoint: Path, settings: InferenceSettings, device: str = "auto") -> TorchSegmenter:
         model, meta = load_model(checkpoint)
         image_size = meta.get("image_size")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or not 32 <= image_size <= 4096:
