@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the venv first so they run inside it.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro demo test lint bench bench-predict venv tracking-server tracking-server-stop clean-venv
+.PHONY: repro demo test test-fast lint bench bench-predict venv tracking-server tracking-server-stop clean-venv
 
 # The first install downloads several GB (PyTorch with its CUDA libraries; README, "What the
 # first install costs"): pip shows its progress rather than sitting silent for minutes.
@@ -29,6 +29,10 @@ test: lint
 	bash scripts/ensure-postgresql.sh
 	PYTHON=$(BIN)/python bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
+
+# Day-to-day: the unit tests only (no dvc repro, no server, no browser, no benchmark script).
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not e2e and not process"
 
 # Style, formatting and declared-vs-imported dependencies; configured in pyproject.toml.
 lint: $(INSTALLED)

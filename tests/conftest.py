@@ -27,3 +27,14 @@ def shared_zip() -> Path:
 def params() -> dict:
     """A fresh copy of the committed params.yaml as plain data."""
     return load_params()
+
+
+# Fixtures that start a server in its own process: a test that uses one is a process test,
+# left out of `make test-fast` with the rest of its kind.
+SERVER_FIXTURES = {"server", "serving"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)

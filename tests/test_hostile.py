@@ -229,6 +229,7 @@ def stage(project: Path, name: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["fetch", "split", "train", "evaluate"])
 def test_ctrl_c_while_a_stage_starts_up_is_one_line(tmp_path: Path, name: str):
     project = project_with(tmp_path, source="synthetic:4")
@@ -512,6 +513,7 @@ def test_predict_output_names_never_collide(tmp_path: Path, checkpoint: Path):
     }
 
 
+@pytest.mark.process
 def test_predict_on_a_non_utf8_file_name_writes_its_mask(tmp_path: Path, checkpoint: Path):
     photos = make_dataset(tmp_path / "photos", count=1)
     os.rename(photos / "images" / "000.jpg", os.fsencode(photos / "images") + b"/caf\xe9.jpg")

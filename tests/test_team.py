@@ -45,6 +45,9 @@ EPOCHS = 2
 HISTORY_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds")
 
 
+pytestmark = pytest.mark.process
+
+
 def load_server_script():
     spec = importlib.util.spec_from_file_location("tracking_server", SCRIPT)
     module = importlib.util.module_from_spec(spec)
