@@ -11,8 +11,8 @@ import pytest
 from tests.helpers.datasets import make_dataset
 from tests.helpers.project import PROJECT_ROOT
 
-
 pytestmark = pytest.mark.process
+
 
 def run_bench(name: str, *args: str) -> list[str]:
     """Run ``bench/<name>.py`` as a user would and return its output lines."""

@@ -13,11 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
 from tests.helpers.httpserver import closed_port_url
+from tests.helpers.modelstore import project_client
 from tests.helpers.project import (
     GIT,
     copy_project,
@@ -56,11 +56,6 @@ def wait_for_epoch(project: Path, process: subprocess.Popen, epoch: int, timeout
             return
         time.sleep(0.05)
     raise AssertionError(f"no epoch {epoch} within {timeout}s")
-
-
-def client(project: Path) -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    return mlflow.MlflowClient()
 
 
 def run_id_in_last(project: Path) -> str:
@@ -102,9 +97,9 @@ def test_kill_9_mid_epoch_then_resume_loses_nothing(project):
         assert f"resuming after epoch 2 of 4 (run {run_id})" in resumed.stdout
         assert json.loads((project / "models" / "run.json").read_text())["run_id"] == run_id
         assert [row["epoch"] for row in csv.DictReader(history.open())] == ["1", "2", "3", "4"]
-        history = client(project).get_metric_history(run_id, "val_dice")
+        history = project_client(project).get_metric_history(run_id, "val_dice")
         assert sorted(metric.step for metric in history) == [1, 2, 3, 4]
-        assert client(project).get_run(run_id).info.status == "FINISHED"
+        assert project_client(project).get_run(run_id).info.status == "FINISHED"
         assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] in range(1, 5)
     finally:
         set_param(project, "train", "epochs", EPOCHS)
@@ -119,11 +114,11 @@ def test_sigterm_saves_marks_the_run_killed_and_says_how_to_resume(project):
     assert process.returncode == 130
     assert "train: interrupted; models/last.pt holds epoch" in stderr and "Run `dvc repro` to resume" in stderr
     run_id = run_id_in_last(project)
-    assert client(project).get_run(run_id).info.status == "KILLED"
+    assert project_client(project).get_run(run_id).info.status == "KILLED"
     resumed = run(project, sys.executable, "stages/train.py")
     assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout
-    assert client(project).get_run(run_id).info.status == "FINISHED"
-    assert len(client(project).get_metric_history(run_id, "val_loss")) == EPOCHS
+    assert project_client(project).get_run(run_id).info.status == "FINISHED"
+    assert len(project_client(project).get_metric_history(run_id, "val_loss")) == EPOCHS
 
 
 def test_nan_loss_stops_at_once_keeps_the_best_model_and_fails_the_run(project):
@@ -135,7 +130,7 @@ def test_nan_loss_stops_at_once_keeps_the_best_model_and_fails_the_run(project):
     assert "train: error: loss became nan at epoch 2, step 1" in result.stderr
     assert "Traceback" not in result.stderr
     assert torch.load(project / "models" / "best.pt", weights_only=True)["epoch"] == 1
-    assert client(project).get_run(run_id_in_last(project)).info.status == "FAILED"
+    assert project_client(project).get_run(run_id_in_last(project)).info.status == "FAILED"
 
 
 def test_unreachable_tracking_server_fails_before_training(project):
@@ -176,7 +171,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
     shown = run(project, "dvc", "exp", "show", "--csv", check=True).stdout  # the table would cut names
     assert len(names) == 2 and {line.split(",")[0] for line in shown.splitlines()} >= names, shown
 
-    mlflow_client = client(project)
+    mlflow_client = project_client(project)
     experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
     runs = [r for r in mlflow_client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
@@ -213,7 +208,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
 def test_torchrun_two_processes_train_and_log_once(project):
     """DDP on CPU with the gloo backend: both ranks train, rank 0 alone logs and writes."""
     fresh_start(project)
-    mlflow_client = client(project)
+    mlflow_client = project_client(project)
     experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
     before = {r.info.run_id for r in mlflow_client.search_runs([experiment])}
     result = run(

@@ -4,7 +4,6 @@ evaluate, the registry, predict and the served model all speak class maps."""
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
+from pipeline.core.files import read_json
 from tests.helpers.project import STAGES, copy_project, load_params, repro, run, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
@@ -31,10 +31,6 @@ def project(tmp_path_factory):
     write_params(root / "params.yaml", params)
     assert repro(root) == set(STAGES)
     yield root
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
 
 
 def confusion_of(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:

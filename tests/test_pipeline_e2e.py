@@ -17,8 +17,10 @@ import onnxruntime as ort
 import pytest
 from ruamel.yaml import YAML
 
+from pipeline.core.files import read_json
 from tests.helpers import browser
 from tests.helpers.httpserver import FileServer, closed_port_url
+from tests.helpers.modelstore import project_client
 from tests.helpers.project import (
     PROJECT_ROOT,
     STAGES,
@@ -30,9 +32,9 @@ from tests.helpers.project import (
     tiny_params,
     write_params,
 )
+from tests.helpers.serving import TORCHLESS
 
 # First on PYTHONPATH, its sitecustomize makes `import torch` fail.
-TORCHLESS = PROJECT_ROOT / "tests" / "helpers" / "torchless"
 
 pytestmark = pytest.mark.e2e
 
@@ -49,12 +51,7 @@ def project(tmp_path_factory, shared_zip):
 
 @pytest.fixture(scope="module")
 def client(project):
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    return mlflow.MlflowClient()
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+    return project_client(project)
 
 
 def test_metrics_files_hold_sane_numbers(project):

@@ -38,6 +38,7 @@ from tests.helpers.project import (
     tiny_params,
     write_params,
 )
+from tests.helpers.serving import free_port
 
 SCRIPT = PROJECT_ROOT / "scripts" / "tracking_server.py"
 MODEL = "human-segmentation-unet"
@@ -54,12 +55,6 @@ def load_server_script():
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -62,3 +62,9 @@ def register(
         tags=tags or {},
     )
     return run.info.run_id, version
+
+
+def project_client(project: Path) -> mlflow.MlflowClient:
+    """A client of the MLflow store a project copy's stages write (its mlflow.db)."""
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient()
