@@ -108,6 +108,7 @@ def _prepare(workdir: Path, image_size: int, count: int, encoder: str | None) ->
 
     from pipeline.core.classes import ClassSpec
     from pipeline.core.config import load_config
+    from pipeline.core.extensions import AUTO, resolve_loss
     from pipeline.evaluate.export import onnx_graph
     from pipeline.model.checkpoint import save_checkpoint
     from pipeline.model.network import build_model
@@ -119,7 +120,9 @@ def _prepare(workdir: Path, image_size: int, count: int, encoder: str | None) ->
     torch.manual_seed(0)
     model = build_model(model_cfg, classes).eval()
     checkpoint = workdir / "model.pt"
-    save_checkpoint(checkpoint, model, model_cfg, classes, image_size=image_size)
+    save_checkpoint(
+        checkpoint, model, model_cfg, classes, loss=resolve_loss(AUTO, classes.binary), image_size=image_size
+    )
     onnx_file = workdir / "model.onnx"
     onnx.save(onnx_graph(model, classes, InferenceSettings(0.5, False, ""), image_size), onnx_file)
     rng = np.random.default_rng(0)

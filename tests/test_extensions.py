@@ -118,9 +118,18 @@ def test_evaluation_rebuilds_the_loss_the_checkpoint_names(tmp_path):
     save_checkpoint(tmp_path / "lovasz.pt", build_model(TINY_MODEL, THREE), TINY_MODEL, THREE, loss="lovasz")
     _, loss_fn, _ = load_for_evaluation(tmp_path / "lovasz.pt")
     assert type(loss_fn) is LovaszLoss and not loss_fn.binary
-    # A checkpoint written before train.loss existed gets the class count's default.
-    _, loss_fn, _ = load_for_evaluation(tiny_checkpoint(tmp_path / "old.pt"))
+    # A binary checkpoint written with train.loss: auto records the default it resolved to.
+    _, loss_fn, _ = load_for_evaluation(tiny_checkpoint(tmp_path / "auto.pt"))
     assert type(loss_fn) is DiceBCELoss
+
+
+def test_a_checkpoint_without_its_loss_or_classes_is_refused_naming_what_it_lacks(tmp_path):
+    path = tiny_checkpoint(tmp_path / "partial.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["loss"], payload["classes"]
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match="partial.pt: checkpoint lacks classes, loss; use a checkpoint written by"):
+        load_for_evaluation(path)
 
 
 @pytest.mark.parametrize("recorded", ["hinge", ["dice_bce"], "dice_ce"])  # unknown, not a name, misfit (binary)

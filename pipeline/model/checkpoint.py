@@ -8,22 +8,28 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.classes import PERSON, ClassSpec
+from ..core.classes import ClassSpec
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
-from ..core.extensions import AUTO, LOSS_FITS, loss_misfit
+from ..core.extensions import LOSS_FITS, loss_misfit
 from ..core.files import write_torch
 from .network import build_model
 
 CHECKPOINT_FORMAT = "unet-pipeline/checkpoint-v1"
+# What every checkpoint of this format holds besides its free-form metadata.
+REQUIRED_KEYS = ("model_config", "classes", "loss", "state_dict")
 
 
-def save_checkpoint(path: Path, model: nn.Module, cfg: ModelConfig, classes: ClassSpec, **metadata: Any) -> None:
-    """State dict plus what is needed to rebuild and use the network; replaces ``path`` atomically."""
+def save_checkpoint(
+    path: Path, model: nn.Module, cfg: ModelConfig, classes: ClassSpec, *, loss: str, **metadata: Any
+) -> None:
+    """State dict plus what is needed to rebuild and use the network (``loss``: the resolved
+    train.loss, so evaluation reports the same loss); replaces ``path`` atomically."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_config": cfg.model_dump(),
         "classes": classes.to_dict(),
+        "loss": loss,
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         **metadata,
     }
@@ -40,19 +46,20 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a checkpoint written by this pipeline (expected format {CHECKPOINT_FORMAT})")
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise ModelError(f"{path}: checkpoint lacks {', '.join(missing)}; use a checkpoint written by the train stage")
     return payload
 
 
 def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
-    # Checkpoints written before classes were configurable are all binary person models.
-    return ClassSpec.from_dict(payload["classes"]) if "classes" in payload else PERSON
+    return ClassSpec.from_dict(payload["classes"])
 
 
 def checkpoint_loss(path: Path, payload: dict[str, Any]) -> str:
     """The train.loss the checkpoint was trained with, so evaluation reports the same loss."""
-    # Checkpoints written before train.loss existed were trained with the class count's default.
-    name = payload.get("loss", AUTO)
-    known = isinstance(name, str) and (name == AUTO or name in LOSS_FITS)
+    name = payload["loss"]
+    known = isinstance(name, str) and name in LOSS_FITS
     if not known or loss_misfit(name, checkpoint_classes(payload).count):
         raise ModelError(
             f"{path}: records a loss this pipeline cannot build for its classes ({name!r}); "

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import ModelConfig
+from pipeline.core.extensions import AUTO, resolve_loss
 from pipeline.core.files import sha256_file
 from pipeline.evaluate.export import onnx_graph
 from pipeline.evaluate.registry import register_model
@@ -23,7 +24,14 @@ NAME = "test-unet"
 
 def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON) -> Path:
     torch.manual_seed(seed)
-    save_checkpoint(path, build_model(TINY_MODEL, classes), TINY_MODEL, classes, image_size=image_size)
+    save_checkpoint(
+        path,
+        build_model(TINY_MODEL, classes),
+        TINY_MODEL,
+        classes,
+        loss=resolve_loss(AUTO, classes.binary),
+        image_size=image_size,
+    )
     return path
 
 
