@@ -33,7 +33,7 @@ ENCODER_WEIGHTS_TAG = "encoder_weights_sha256"
 # The training run's tag with data.source; evaluate reads it for the model card.
 DATA_SOURCE_TAG = "data_source"
 # The data report's headline numbers go under this prefix: MLflow groups metrics by prefix, so
-# they no longer sort before (and crowd out) the loss and Dice curves.
+# they sit in a group of their own apart from the loss and Dice curves.
 DATA_METRICS_PREFIX = "data/"
 # What DVC passes to every stage command it runs (dvc.env).
 DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV = "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from pipeline.__main__ import main as cli
+from pipeline.core.classes import PERSON
 from pipeline.core.config import DataConfig, SplitConfig, load_config
 from pipeline.core.errors import ConfigError, DataError, FetchError
 from pipeline.core.files import sha256_file
@@ -477,7 +478,8 @@ def test_predict_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, checkpo
 
 def test_predict_on_a_checkpoint_with_bad_metadata_is_one_line(tmp_path: Path, capsys):
     bad = tmp_path / "bad.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model_config": {"arch": "NoSuchNet"}, "state_dict": {}}, bad)
+    payload = {"model_config": {"arch": "NoSuchNet"}, "classes": PERSON.to_dict(), "loss": "dice_bce", "state_dict": {}}
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, bad)
     photos = make_dataset(tmp_path / "photos", count=1)
     assert predict(photos / "images", "--model", bad, "--out", tmp_path / "masks") == 2
     (error,) = error_lines(capsys)

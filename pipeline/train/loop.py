@@ -34,8 +34,8 @@ def out_of_memory_message(batch_size: int, epoch: int, step: int) -> str:
 
 
 def _to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # channels_last: train steps 1.5x faster in fp32 on this project's CPU, and 1.9x over fp32
-    # with bf16 (bench/encoders.py, docs/performance.md); also the layout tensor cores want.
+    # channels_last: faster train steps in fp32 and with bf16 (bench/encoders.py; measurements
+    # in docs/performance.md); also the layout tensor cores want.
     images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
     return images, masks.to(device, non_blocking=True)
 

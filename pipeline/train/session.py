@@ -101,9 +101,8 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def loader_workers(setting: int | str, device: torch.device) -> int:
-    """``auto``: none on CPU, where worker processes take cores from the training threads (2-core
-    measurement in docs/performance.md: 14.3 img/s without workers, 10.4 with 2); on a GPU,
-    enough to keep it fed."""
+    """``auto``: none on CPU, where worker processes take cores from the training threads (measured
+    in docs/performance.md); on a GPU, enough to keep it fed."""
     if setting != "auto":
         return int(setting)
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
