@@ -43,8 +43,10 @@ lint: $(INSTALLED)
 # Just the environment: a colleague runs `dvc pull` before anything else (README, "Working as a team").
 venv: $(INSTALLED)
 
-# The team's MLflow server: PostgreSQL backend, served artifacts, on 127.0.0.1:5000 by default.
+# The team's MLflow server (mlflow server --app-name basic-auth): PostgreSQL backend, served
+# artifacts, on 127.0.0.1:5000 by default, in the background until tracking-server-stop.
 # Options as environment variables: TRACKING_PORT, TRACKING_HOST, TRACKING_DIR, TRACKING_ARTIFACTS, ...
+# (all of them: scripts/tracking_server.py --help; README, "Working as a team").
 tracking-server: $(INSTALLED)
 	bash scripts/ensure-postgresql.sh
 	$(BIN)/python scripts/tracking_server.py start

@@ -108,9 +108,10 @@ def _prepare(workdir: Path, image_size: int, count: int, encoder: str | None) ->
 
     from pipeline.core.classes import ClassSpec
     from pipeline.core.config import load_config
-    from pipeline.core.extensions import AUTO, resolve_loss
+    from pipeline.core.extensions import AUTO
     from pipeline.evaluate.export import onnx_graph
     from pipeline.model.checkpoint import save_checkpoint
+    from pipeline.model.losses import resolve_loss
     from pipeline.model.network import build_model
     from pipeline.serve.settings import InferenceSettings
 

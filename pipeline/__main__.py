@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="make a registered version the champion by hand, recording why",
         description="Point the `champion` alias of mlflow.registered_model (params.yaml) at VERSION. The reason "
         "and the previous champion are recorded as the version's tags (promoted_reason, promoted_from). "
-        "Only versions the evaluate stage registered (with a validation score) can be promoted.",
+        "Only versions the register stage registered (with a validation score) can be promoted.",
     )
     promote.add_argument("version", metavar="VERSION", help="version number, e.g. 3, or models:/NAME/3")
     promote.add_argument("--reason", required=True, metavar="TEXT", help="why this version should serve")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _promote(version: str, reason: str) -> int:
     from .core.config import load_config
-    from .evaluate.registry import CHAMPION, parse_version, promote
+    from .register.registry import CHAMPION, parse_version, promote
     from .tracking import connect
 
     cfg = load_config()

@@ -3,8 +3,8 @@
 It runs in ``demo/``, a fresh copy of the project with its own git repository, DVC cache,
 ``params.yaml`` and MLflow store, so the project's own params, data, models and
 ``mlflow.db`` stay exactly as they were. ``demo/`` is git- and DVC-ignored and is
-replaced on every run. Shown along the way: the four stages and the data report, an
-experiment that reruns only train and evaluate, metrics and plots, MLflow runs and the
+replaced on every run. Shown along the way: the five stages and the data report, an
+experiment that reruns only train, evaluate and register, metrics and plots, MLflow runs and the
 registered model versions.
 """
 
@@ -99,12 +99,12 @@ def main() -> None:
     run(*git, "add", "-A", env=env)
     run(*git, "commit", "-qm", "demo: synthetic data, small model", env=env)
 
-    step("dvc repro: fetch (generates the data) -> split (writes data/report.json) -> train -> evaluate")
+    step("dvc repro: fetch (generates the data) -> split (writes data/report.json) -> train -> evaluate -> register")
     run("dvc", "repro", env=env)
     run(*git, "add", "-A", env=env)
     run(*git, "commit", "-qm", "demo: first run", env=env)
 
-    step("an experiment with another learning rate: only train and evaluate run again")
+    step("an experiment with another learning rate: only train, evaluate and register run again")
     run("dvc", "exp", "run", "-n", "lower-lr", "-S", "train.lr=0.001", env=env)
     run("dvc", "exp", "show", "--no-pager", "--only-changed", env=env)
     run("dvc", "metrics", "show", env=env)

@@ -13,35 +13,13 @@ from pipeline.core.stage import exit_interrupted, run_stage
 # Ctrl-C during the seconds torch and MLflow take to load: one line, not a traceback.
 try:
     from pipeline.core import paths
-    from pipeline.core.config import Config, load_config
+    from pipeline.core.config import load_config
     from pipeline.core.files import read_json, write_json
-    from pipeline.tracking import ENCODER_WEIGHTS_TAG, RunInfo, connect, data_report_metrics, git_commit, training_run
+    from pipeline.tracking import RunInfo, connect, train_tracked
     from pipeline.train import distributed
-    from pipeline.train.session import NoTracker, TrainingSession, summary
+    from pipeline.train.session import NoTracker, TrainingSession
 except KeyboardInterrupt:
     exit_interrupted("train")
-
-
-def train_tracked(cfg: Config, session: TrainingSession, experiment_id: str) -> None:
-    tags = {"git_commit": git_commit(), "data_hash": session.split_info.data_hash}
-    if session.encoder_weights_sha256:
-        tags[ENCODER_WEIGHTS_TAG] = session.encoder_weights_sha256
-    with training_run(
-        cfg, experiment_id, run_id=session.state.run_id, tags=tags, split_info=session.split_info
-    ) as tracker:
-        session.state.run_id = tracker.run_id
-        tracker.catch_up(session.state.history)
-        try:
-            state = session.fit(tracker)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(session.interrupted_note()) from None
-        write_json(paths.TRAIN_METRICS, summary(state))
-        tracker.log_metrics(data_report_metrics(read_json(paths.DATA_REPORT)["headline"]))
-        tracker.log_checkpoint(paths.BEST_CHECKPOINT)
-    run = RunInfo(tracker.run_id, tracker.experiment_id)
-    run.save(paths.RUN_INFO)
-    # The evaluate stage registers the model, once its threshold and test metrics are known.
-    print(f"train: best epoch {state.best_epoch} (run {run.run_id})")
 
 
 def main() -> None:
@@ -58,16 +36,17 @@ def main() -> None:
         history_path=paths.TRAIN_HISTORY,
     )
     try:
-        if main_process:
-            print(
-                f"train: {session.resume_note}; device {session.device}, {session.precision.name}, "
-                f"{session.topology.world_size} process(es)"
-            )
-            train_tracked(cfg, session, experiment_id)
-        else:
+        if not main_process:
             session.fit(NoTracker())
+            return
+        print(f"train: {session.describe()}")
+        result = train_tracked(cfg, session, experiment_id, read_json(paths.DATA_REPORT)["headline"])
     finally:
         distributed.teardown()
+    write_json(paths.TRAIN_METRICS, result.metrics)
+    RunInfo(result.run_id, result.experiment_id).save(paths.RUN_INFO)
+    # The evaluate stage registers the model, once its threshold and test metrics are known.
+    print(f"train: best epoch {result.best_epoch} (run {result.run_id})")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,6 @@ def _card(params, data_hash: str, classes, source: str = "https://example.com/pe
     metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
     metrics.update(test_dice=0.8125, threshold=0.35)
     return render_card(
-        registered_model="m",
         run_id="r1",
         params=parse_config(params).flat(),
         split_info=SplitInfo(data_hash, 320, classes, {"train": 203, "val": 58, "test": 29}, {}),
@@ -120,7 +119,7 @@ def _card(params, data_hash: str, classes, source: str = "https://example.com/pe
         worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],
         classes=classes,
         data_source=source,
-        selection="`val_dice` 0.8000: decides.",
+        val_dice=0.8,
     )
 
 
@@ -134,9 +133,13 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
     assert "Person when the predicted probability is at least **0.35** (maximises mean Dice" in card
     assert "| dice | 0.8125 | 0.5000 |" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
-    assert "## Champion selection\n`val_dice` 0.8000: decides. The test metrics below are a report" in card
+    assert "## Champion selection\n`val_dice` 0.8000, the mean per-image Dice at this model's threshold" in card
+    assert "on the\n58 validation images" in card or "on the 58 validation images" in card
+    assert "The test metrics below are a report" in card
     assert "photo editing" in card and "not for identifying people" in card.lower()
     assert "## Known limits" in card and "| `train.lr` | `0.003` |" in card
+    # Registering under another name or tracking elsewhere changes nothing the card says.
+    assert "mlflow." not in card
 
 
 def test_model_card_of_another_binary_dataset_names_its_source_and_classes_not_people(params):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from pipeline.evaluate import export
 from pipeline.evaluate.predictions import SplitPredictions
 from pipeline.model.checkpoint import load_model
 from pipeline.serve.onnx_backend import OnnxSegmenter
-from pipeline.serve.settings import InferenceSettings
+from pipeline.serve.settings import InferenceSettings, ModelDescription, read_description
 from tests.helpers.modelstore import tiny_checkpoint
 
 THREE = ClassSpec.of(["background", "ellipse", "ring"], [[0, 0, 0], [255, 0, 0], [0, 0, 255]])
@@ -94,3 +95,43 @@ def test_the_onnx_backend_refuses_files_that_are_not_pipeline_exports(tmp_path):
     onnx.save(graph, tmp_path / "bare.onnx")
     with pytest.raises(ModelError, match="bare.onnx: not an ONNX model exported by this pipeline"):
         OnnxSegmenter.load(tmp_path / "bare.onnx")
+
+
+@pytest.fixture(scope="module")
+def exported_graph(tmp_path_factory) -> onnx.ModelProto:
+    root = tmp_path_factory.mktemp("graph")
+    model, _ = load_model(tiny_checkpoint(root / "best.pt"))
+    return export.onnx_graph(model, ClassSpec.of(["sky", "cloud"], None), InferenceSettings(0.3, True, "cd" * 32), 64)
+
+
+def test_the_one_reader_gives_back_what_the_export_wrote(exported_graph, tmp_path):
+    onnx.save(exported_graph, tmp_path / "model.onnx")
+    description = read_description(tmp_path / "model.onnx")
+    assert description == ModelDescription(
+        InferenceSettings(0.3, True, "cd" * 32), ClassSpec.of(["sky", "cloud"], None), 64
+    )
+    segmenter = OnnxSegmenter.load(tmp_path / "model.onnx")
+    assert (segmenter.threshold, segmenter.tta, segmenter.image_size) == (0.3, True, 64)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("format", '"someone-else/v9"', "exported in format 'someone-else/v9'"),
+        ("threshold", "1.5", "threshold must be null or in"),
+        ("threshold", "null", "a binary model without a threshold"),
+        ("tta", '"yes"', "tta true or false"),
+        ("image_size", "33", "image_size 33 in its metadata is not a multiple of 32"),
+        ("image_size", "1e9", "image_size 1000000000.0 in its metadata"),
+        ("classes", '["only"]', "at least two class names"),
+        ("classes", "{not json", "holds values that are not JSON"),
+    ],
+)
+def test_tampered_metadata_is_refused_naming_the_file(exported_graph, tmp_path, key, value, message):
+    graph = onnx.ModelProto()
+    graph.CopyFrom(exported_graph)
+    onnx.helper.set_model_props(graph, {**{entry.key: entry.value for entry in graph.metadata_props}, key: value})
+    onnx.save(graph, tmp_path / "tampered.onnx")
+    with pytest.raises(ModelError, match=re.escape(message)) as raised:
+        read_description(tmp_path / "tampered.onnx")
+    assert str(raised.value).startswith(f"{tmp_path / 'tampered.onnx'}: ")

@@ -1,5 +1,6 @@
-"""Extension points by name: the layouts and losses params.yaml can choose, declared in core and
-implemented where they are used, agree; the config refuses what does not exist or does not fit."""
+"""Extension points by name: the layouts and losses params.yaml can choose register where they
+are defined; every registered loss trains, and the config refuses what does not exist or does
+not fit, naming the key."""
 
 import re
 
@@ -9,46 +10,72 @@ import torch
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import parse_config
 from pipeline.core.errors import ConfigError, ModelError
-from pipeline.core.extensions import LAYOUT_ARGUMENTS, LOSS_FITS, layout_pattern
+from pipeline.core.extensions import AUTO, Registry
 from pipeline.evaluate.predictions import load_for_evaluation
 from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.losses import LOSSES, DiceBCELoss, DiceCELoss, LovaszLoss, build_loss
 from pipeline.model.network import build_model
-from pipeline.split.layouts import LAYOUTS
+from pipeline.split.layouts import LAYOUTS, layout_problem
 from tests.helpers.modelstore import TINY_MODEL, tiny_checkpoint
 
 THREE = ClassSpec(("background", "cat", "dog"), None)
 BIG = 20.0  # a logit whose sigmoid (or softmax share) is 1 to float precision
 
 
-def test_core_declares_exactly_the_registered_names_in_order():
-    assert list(LAYOUTS) == list(LAYOUT_ARGUMENTS)
-    assert list(LOSSES) == list(LOSS_FITS)
+def test_a_name_registers_once_and_auto_is_reserved():
+    registry: Registry[int] = Registry("train.loss")
+    registry.register("one", 1)
+    assert dict(registry) == {"one": 1} and registry.choices() == [AUTO, "one"]
+    with pytest.raises(ValueError, match="train.loss: 'one' is registered already"):
+        registry.register("one", 2)
+    with pytest.raises(ValueError, match="train.loss: 'auto' is reserved"):
+        registry.register(AUTO, 3)
+
+
+def test_the_registries_hold_the_shipped_layouts_and_losses_in_order():
+    assert list(LAYOUTS) == ["csv", "folders"]  # `auto` tries a pair CSV first
+    assert {name: entry.fits for name, entry in LOSSES.items()} == {
+        "dice_bce": "binary",
+        "dice_ce": "multiclass",
+        "focal_dice": "any",
+        "lovasz": "any",
+    }
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_data_layout_accepts_every_registered_layout_alone_and_with_its_arguments(params, name):
+    arguments = ",".join(f"part{index}" for index in range(len(LAYOUTS[name].arguments)))
+    for value in (name, f"{name}:{arguments}"):
+        params["data"]["layout"] = value
+        assert parse_config(params).data.layout == value
 
 
 @pytest.mark.parametrize(
-    ("value", "accepted"),
+    ("value", "expected"),
     [
-        ("auto", True),
-        ("csv", True),
-        ("csv:lists/train.csv", True),
-        ("folders", True),
-        ("folders:rgb,annotations", True),
-        ("folders:rgb", False),  # two folders or none
-        ("csv:a.csv,b.csv", False),
-        ("folders:a,b,c", False),
-        ("parquet", False),
-        ("", False),
-        ("auto:x", False),
+        ("auto", None),
+        ("csv:lists/train.csv", None),
+        ("folders:rgb,annotations", None),
+        ("folders:rgb", "folders takes 2 argument(s): folders:<images folder>,<masks folder>, or none"),
+        ("csv:a.csv,b.csv", "csv takes 1 argument(s): csv:<file>, or none"),
+        ("folders:a,b,c", "folders takes 2"),
+        ("csv:", "csv takes 1"),
+        ("folders:a,", "folders takes 2"),
+        (
+            "parquet",
+            "unknown layout; use one of: auto, csv, csv:<file>, folders, folders:<images folder>,<masks folder>",
+        ),
+        ("", "unknown layout"),
+        ("auto:x", "unknown layout"),
     ],
 )
-def test_data_layout_accepts_each_layout_with_its_arguments(params, value, accepted):
-    assert bool(re.fullmatch(layout_pattern(), value)) == accepted
+def test_data_layout_refuses_unknown_layouts_and_wrong_argument_counts_naming_the_key(params, value, expected):
     params["data"]["layout"] = value
-    if accepted:
-        assert parse_config(params).data.layout == value
+    if expected is None:
+        assert layout_problem(value) is None and parse_config(params).data.layout == value
     else:
-        with pytest.raises(ConfigError, match="data.layout: String should match pattern"):
+        assert layout_problem(value).startswith(expected)
+        with pytest.raises(ConfigError, match=f"data.layout: {re.escape(expected)}"):
             parse_config(params)
 
 
@@ -78,6 +105,37 @@ def test_losses_for_any_class_count_reward_right_and_punish_wrong_predictions(na
     loss = build_loss(name, classes)
     assert float(loss(perfect, truth)) == pytest.approx(0, abs=1e-3)
     assert float(loss(wrong, truth)) > 0.5
+
+
+def fitting(name: str) -> list[ClassSpec]:
+    return [
+        classes
+        for classes in (PERSON, THREE)
+        if LOSSES[name].fits in ("any", "binary" if classes.binary else "multiclass")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "classes"),
+    [(name, classes) for name in LOSSES for classes in fitting(name)],
+    ids=lambda value: value if isinstance(value, str) else f"{value.count}-classes",
+)
+def test_every_registered_loss_trains_a_tiny_model_one_step(name, classes):
+    # A 1x1 convolution stands in for the U-Net: what is tested is the loss's gradient.
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, classes.channels, kernel_size=1)
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    images = torch.randn(2, 3, 8, 8)
+    masks = torch.randint(0, classes.count, (2, 1, 8, 8)).float()
+    loss = build_loss(name, classes)(model(images), masks)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert all(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+
+
+def test_every_registered_loss_fits_some_class_count():
+    assert all(fitting(name) for name in LOSSES)
 
 
 def test_auto_is_dice_bce_for_two_classes_and_dice_ce_for_more_bit_for_bit():

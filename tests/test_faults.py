@@ -20,19 +20,17 @@ from tests.helpers.httpserver import closed_port_url
 from tests.helpers.modelstore import project_client
 from tests.helpers.project import (
     GIT,
-    copy_project,
+    copy_trained,
     environment,
     load_params,
     ran_stages,
     run,
     run_queued_experiments,
     set_param,
-    tiny_params,
-    write_params,
 )
 
 pytestmark = pytest.mark.e2e
-EPOCHS = 3
+EPOCHS = 2  # the trained project's (tiny_params)
 
 
 def start_train(project: Path) -> subprocess.Popen:
@@ -63,13 +61,10 @@ def run_id_in_last(project: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, shared_zip):
-    root = copy_project(tmp_path_factory.mktemp("faults"))
-    params = tiny_params(load_params(root / "params.yaml"), str(shared_zip))
-    params["train"]["epochs"] = EPOCHS
-    write_params(root / "params.yaml", params)
-    result = run(root, "dvc", "repro")
-    assert result.returncode == 0, result.stderr[-3000:]
+def project(tmp_path_factory, trained_project):
+    """A copy of the session's trained project, its state committed (the queued sweep's baseline)."""
+    root = copy_trained(trained_project, tmp_path_factory.mktemp("faults"))
+    assert load_params(root / "params.yaml")["train"]["epochs"] == EPOCHS
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "baseline"], cwd=root, check=True)
     return root
@@ -196,7 +191,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
     mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "test_dice", "0.0")
     mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "val_dice", "1.0")
     set_param(project, "evaluate", "threshold", 0.35)
-    assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate"}
+    assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate", "register"}
     decision = json.loads((project / "models" / "registry.json").read_text())
     assert (decision["metric"], decision["alias"]) == ("val_dice", "challenger")
     assert (decision["champion_version"], decision["champion_val_dice"]) == (str(champion.version), 1.0)

@@ -40,7 +40,7 @@ from pipeline.serve.torch_backend import TorchSegmenter
 from pipeline.split.preparation import build_split
 from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer
-from tests.helpers.modelstore import NAME, register, tiny_checkpoint, use_store
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
 from tests.helpers.project import PROJECT_ROOT, load_params, write_params
 from tests.helpers.serving import post, served
 
@@ -380,6 +380,11 @@ def register_code(root: Path, code: str, **log_kwargs) -> str:
     return str(info.registered_model_version)
 
 
+def exported(checkpoint: Path, path: Path) -> Path:
+    """The checkpoint's ONNX export, as evaluate writes it (threshold 0.5, no TTA)."""
+    return tiny_onnx(checkpoint, InferenceSettings(0.5, False, sha256_file(checkpoint)), path)
+
+
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch) -> Path:
     root = tmp_path / "store"
@@ -394,8 +399,7 @@ def test_predict_never_runs_a_registered_models_code(store: Path, tmp_path: Path
     version = register_code(
         store,
         HOSTILE_MODEL.format(marker=str(marker)),
-        artifacts={"checkpoint": str(checkpoint)},
-        model_config={"threshold": 0.5, "tta": False, "checkpoint_sha256": sha256_file(checkpoint)},
+        artifacts={"checkpoint": str(checkpoint), "onnx": str(exported(checkpoint, store / "model.onnx"))},
     )
     marker.unlink(missing_ok=True)  # logging may have run it; only loading for predict counts
     photos = make_dataset(tmp_path / "photos", count=1)
@@ -427,14 +431,14 @@ def test_predict_refuses_a_registered_checkpoint_that_is_not_the_evaluated_one(s
     version = register_code(
         store,
         HOSTILE_MODEL.format(marker=str(tmp_path / "marker")),
-        artifacts={"checkpoint": str(other)},
-        model_config={"threshold": 0.5, "tta": False, "checkpoint_sha256": sha256_file(checkpoint)},
+        artifacts={"checkpoint": str(other), "onnx": str(exported(checkpoint, store / "model.onnx"))},
     )
     photos = make_dataset(tmp_path / "photos", count=1)
     uri = f"models:/{NAME}/{version}"
-    assert cli(["predict", str(photos / "images"), "--model", uri, "--out", str(tmp_path / "masks")]) == 2
+    command = ["predict", str(photos / "images"), "--model", uri, "--out", str(tmp_path / "masks")]
+    assert cli([*command, "--backend", "torch"]) == 2
     (error,) = error_lines(capsys)
-    assert "the checkpoint is not the one its settings were evaluated for" in error
+    assert "the checkpoint is not the one its ONNX export was made from" in error
 
 
 # --- predict: photos and arguments -----------------------------------------------------------

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import DataError
-from pipeline.split.layouts import find_inventory
+from pipeline.split.layouts import LAYOUTS, find_inventory
 from tests.helpers.datasets import make_dataset
 
 
@@ -13,6 +13,32 @@ def write_csv(path: Path, header: str, rows: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([header, *rows]) + "\n")
     return path
+
+
+def csv_dataset(root: Path) -> str:
+    make_dataset(root, count=3, image_dir="p", mask_dir="q")
+    write_csv(root / "lists" / "pairs.csv", "image,mask", [f"p/{i:03d}.jpg,q/{i:03d}.png" for i in range(3)])
+    return "lists/pairs.csv"
+
+
+def folders_dataset(root: Path) -> str:
+    make_dataset(root, count=3)
+    return "images,masks"
+
+
+# Each registered layout's tiny dataset of three pairs: layout name -> writer returning its arguments.
+EXAMPLES = {"csv": csv_dataset, "folders": folders_dataset}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_registered_layout_reads_a_tiny_dataset_found_or_named(tmp_path: Path, name: str):
+    if name not in EXAMPLES:
+        pytest.fail(f"layout {name!r} has no example dataset in EXAMPLES")
+    arguments = EXAMPLES[name](tmp_path)
+    for value in (name, f"{name}:{arguments}"):
+        inventory = find_inventory(tmp_path, value)
+        assert inventory.layout["kind"] == name and inventory.bad == []
+        assert [pair.id for pair in inventory.pairs] == ["000", "001", "002"]
 
 
 def test_folders_pair_by_stem_ignoring_hidden_files_mask_suffixes_and_non_images(tmp_path: Path):

@@ -4,12 +4,14 @@ evaluate, the registry, predict and the served model all speak class maps."""
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
 import cv2
 import mlflow
 import numpy as np
+import onnx
 import pytest
 
 from pipeline.core.files import read_json
@@ -73,7 +75,10 @@ def test_per_class_metrics_beat_chance(project):
         (evaluation["test_dice_ellipse"] + evaluation["test_dice_rectangle"]) / 2
     )
     assert "threshold" not in evaluation and "val_dice_at_threshold" not in evaluation
-    assert read_json(project / "models" / "inference.json")["threshold"] is None
+    # Nor does the deployable model carry a threshold: a pixel takes its most probable class.
+    exported = onnx.load(project / "models" / "model.onnx")
+    metadata = {entry.key: json.loads(entry.value) for entry in exported.metadata_props}
+    assert metadata["threshold"] is None and metadata["classes"] == CLASSES
 
 
 def test_confusion_matrix_counts_every_test_pixel(project):

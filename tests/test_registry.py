@@ -5,22 +5,26 @@ import mlflow
 import pytest
 
 from pipeline.core.classes import PERSON
-from pipeline.core.errors import TrackingError
+from pipeline.core.errors import ModelError, TrackingError
+from pipeline.core.files import sha256_file, write_json
 from pipeline.core.splits import SplitInfo
-from pipeline.evaluate.registry import (
+from pipeline.register.registry import (
     CHALLENGER,
     CHAMPION,
     SELECTION_METRIC,
     Contender,
+    EvaluatedModel,
     apply_decision,
     current_champion,
     decide_alias,
     identify_split,
     parse_version,
     promote,
+    register_evaluated,
     version_tags,
 )
-from tests.helpers.modelstore import NAME, register, tiny_checkpoint
+from pipeline.serve.settings import InferenceSettings
+from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
 from tests.helpers.project import PROJECT_ROOT
 
 SPLIT_INFO = SplitInfo(
@@ -64,7 +68,7 @@ def test_version_tags_keep_full_precision_and_provenance():
     tags = version_tags(
         {"data_hash": "abc", "git_commit": "1234"},
         SPLIT_INFO,
-        {"test_dice": 0.123456789012, "test_loss": 0.5, "threshold": 0.45, "val_dice_at_threshold": 0.9},
+        {"test_dice": 0.123456789012, "test_loss": 0.5, "threshold": 0.45, "val_dice_deployed": 0.9},
         0.9,
     )
     assert tags == {
@@ -156,3 +160,56 @@ def test_promote_command_line_refuses_with_one_line(tmp_path, monkeypatch, capsy
         "error: VERSION 'models:/someone-else/1' is a version of 'someone-else', not of "
         "'human-segmentation-unet' (mlflow.registered_model); promote only moves this project's champion"
     )
+
+
+def evaluated_files(root, *, exported_from=None, metrics=None):
+    """What the evaluate stage leaves for register: checkpoint, its ONNX export, card, metrics."""
+    checkpoint = tiny_checkpoint(root / "best.pt")
+    source = exported_from or checkpoint
+    onnx_file = tiny_onnx(source, InferenceSettings(0.4, False, sha256_file(source)), root / "model.onnx")
+    (root / "card.md").write_text("# card\n")
+    write_json(
+        root / "evaluate.json",
+        {"test_dice": 0.5, "threshold": 0.4, "val_dice_deployed": 0.8} if metrics is None else metrics,
+    )
+    return dict(checkpoint=checkpoint, onnx_model=onnx_file, card=root / "card.md", metrics_file=root / "evaluate.json")
+
+
+def test_register_reads_what_evaluate_wrote_and_registers_one_version(tmp_path):
+    evaluated = EvaluatedModel.read(**evaluated_files(tmp_path))
+    assert evaluated.val_dice == 0.8
+    use_store(tmp_path)
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
+        pass
+    decision = register_evaluated(NAME, run.info.run_id, evaluated, {"git_commit": "abc123"}, SPLIT_INFO)
+    assert (decision.version, decision.alias) == ("1", CHAMPION)
+    version = mlflow.MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["val_dice"] == "0.8" and version.tags["threshold"] == "0.4"
+    assert version.tags["git_commit"] == "abc123" and version.tags["val_set"] == identify_split(SPLIT_INFO, "val")
+    record = decision.record(NAME)
+    assert (
+        record["registered_model"] == NAME
+        and record["alias"] == CHAMPION
+        and "validation Dice" in record["metric_description"]
+    )
+    # The served model's settings come from the ONNX file alone: the pyfunc carries no copy of them.
+    assert not mlflow.models.get_model_info(f"models:/{NAME}/1").flavors["python_function"].get("config")
+
+
+def test_register_refuses_an_export_of_another_checkpoint(tmp_path):
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    with pytest.raises(ModelError, match=r"model\.onnx was not exported from .*best\.pt; run the evaluate stage"):
+        EvaluatedModel.read(**evaluated_files(tmp_path, exported_from=other))
+
+
+@pytest.mark.parametrize("metrics", [{"test_dice": 0.5}, {"val_dice_deployed": "high"}, [1, 2]])
+def test_register_refuses_metrics_without_the_selection_score(tmp_path, metrics):
+    with pytest.raises(ModelError, match="evaluate.json: no number 'val_dice_deployed'"):
+        EvaluatedModel.read(**evaluated_files(tmp_path, metrics=metrics))
+
+
+def test_register_names_a_missing_file(tmp_path):
+    files = evaluated_files(tmp_path)
+    files["card"].unlink()
+    with pytest.raises(ModelError, match=r"card\.md: missing; run the evaluate stage"):
+        EvaluatedModel.read(**files)

@@ -1,6 +1,6 @@
 """Identical params and data give identical bytes: the tiny pipeline, run in two copies of the
-project, writes the same split, report, checkpoint, inference settings and test metrics, so
-DVC sees an unchanged output and a colleague's rerun matches the team's cache."""
+project, writes the same split, report, checkpoint, ONNX model (its inference settings included)
+and test metrics, so DVC sees an unchanged output and a colleague's rerun matches the team's cache."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ IDENTICAL = (
     "data/split",
     "data/report.json",
     "models/best.pt",
-    "models/inference.json",
     "models/model.onnx",
     "metrics/evaluate.json",
 )

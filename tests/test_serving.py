@@ -7,9 +7,13 @@ import base64
 import logging
 import os
 import re
+import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import mlflow
 import numpy as np
 import pandas as pd
@@ -26,6 +30,7 @@ from pipeline.serve.segmenter import soft_masks
 from pipeline.serve.settings import InferenceSettings
 from pipeline.serve.torch_backend import TorchSegmenter, load_predictor
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
+from tests.helpers.project import PROJECT_ROOT
 from tests.helpers.serving import post, served
 
 THRESHOLD = 0.45
@@ -103,7 +108,6 @@ def test_predict_backends_load_the_registered_onnx_file_or_checkpoint_and_agree(
 def test_predict_uses_an_onnx_file_beside_a_checkpoint_only_if_exported_from_it(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     settings = InferenceSettings(0.4, False, sha256_file(checkpoint))
-    settings.save_beside(checkpoint)
     tiny_onnx(checkpoint, settings, tmp_path / "model.onnx")
     assert load_segmenter(str(checkpoint), threshold=None, device="cpu").backend == "onnxruntime"
     assert load_segmenter(str(tmp_path / "model.onnx"), threshold=None, device="cpu").threshold == 0.4
@@ -126,14 +130,18 @@ def test_soft_masks_are_probabilities_times_255_per_foreground_class():
     assert masks["_probability_cat"].max() == 76 and masks["_probability_dog"].min() == 128
 
 
-def test_predict_reads_settings_beside_the_checkpoint_only_for_that_checkpoint(tmp_path, capsys):
+def test_pytorch_takes_its_settings_from_the_onnx_export_of_that_very_checkpoint(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
-    InferenceSettings(0.35, True, "0" * 64).save_beside(checkpoint)  # written for another checkpoint
     assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
-    assert "no evaluated settings beside" in capsys.readouterr().out
-    InferenceSettings(0.35, True, sha256_file(checkpoint)).save_beside(checkpoint)
+    assert "no ONNX export beside" in capsys.readouterr().out
+    other = tiny_checkpoint(tmp_path / "other.pt", seed=1)
+    tiny_onnx(other, InferenceSettings(0.35, True, sha256_file(other)), tmp_path / "model.onnx")
+    assert load_predictor(str(checkpoint), threshold=None, device="cpu").threshold == 0.5
+    assert "model.onnx was exported from another checkpoint" in capsys.readouterr().out
+    tiny_onnx(checkpoint, InferenceSettings(0.35, True, sha256_file(checkpoint)), tmp_path / "model.onnx")
     predictor = load_predictor(str(checkpoint), threshold=None, device="cpu")
     assert (predictor.threshold, predictor.tta) == (0.35, True)
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(
@@ -192,6 +200,52 @@ def test_served_model_answers_invocations_and_rejects_bad_payloads(server, photo
     assert status == 400 and "expected a column 'image'" in answer["message"]
     status, answer = post(f"{server}/invocations", {"something": 1})
     assert status == 400
+
+
+def test_one_exported_file_gives_one_answer_served_predicted_and_in_the_example_client(server, store, photo, tmp_path):
+    """The registered ONNX file's metadata (threshold 0.45, TTA) decides for every consumer: the
+    served model, predict with either backend (registered, or local files) and the example client."""
+    root, checkpoint = store
+    local = tmp_path / "models"
+    local.mkdir()
+    shutil.copy(checkpoint, local / "best.pt")
+    shutil.copy(root / f"{checkpoint.stem}.onnx", local / "model.onnx")
+    image = decode_image(photo, "photo")
+    status, answer = post(f"{server}/invocations", {"inputs": [base64.b64encode(photo).decode()]})
+    assert status == 200, answer
+    answers = {"served": decode_image(base64.b64decode(answer["predictions"][0]), "answer")[:, :, 0]}
+    use_store(root)
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    try:
+        for backend in ("onnxruntime", "torch"):
+            segmenter = load_segmenter(CHAMPION_URI, threshold=None, device="cpu", backend=backend)
+            answers[f"registered, {backend}"] = segmenter.masks([image])[0]
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    answers["local checkpoint, torch"] = load_segmenter(
+        str(local / "best.pt"), threshold=None, device="cpu", backend="torch"
+    ).masks([image])[0]
+    answers["local onnx file"] = load_segmenter(str(local / "model.onnx"), threshold=None, device="cpu").masks([image])[
+        0
+    ]
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    subprocess.run(
+        [sys.executable, "examples/onnx_client.py", str(local / "model.onnx"), str(tmp_path / "photo.jpg")]
+        + ["--out", str(tmp_path / "client.png")],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        check=True,
+        capture_output=True,
+    )
+    answers["example client"] = cv2.imread(str(tmp_path / "client.png"), cv2.IMREAD_UNCHANGED)
+    served = answers["served"]
+    for name, mask in answers.items():
+        assert mask.shape == served.shape, name
+        # onnxruntime answers are identical; PyTorch differs only in float rounding at the cut-off.
+        agreement = np.mean(mask == served)
+        assert agreement == 1.0 if "torch" not in name else agreement >= 0.999, (name, agreement)
+    untuned = TorchSegmenter.load(checkpoint, device="cpu").masks([image])[0]  # threshold 0.5, no TTA
+    assert not np.array_equal(untuned, served)
 
 
 def test_registering_leaves_mlflow_nothing_to_warn_about(tmp_path, recwarn, caplog):

@@ -3,8 +3,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline import tracking
+from pipeline.core.config import parse_config
 from pipeline.core.errors import TrackingError, TrainingError
-from pipeline.tracking import connect, dvc_experiment_tags, prepared_data, project_root, run_url, tracking_uri
+from pipeline.tracking import (
+    RUN_CHECKPOINT_PATH,
+    connect,
+    dvc_experiment_tags,
+    git_commit,
+    project_root,
+    run_url,
+    source_commit,
+    split_dataset,
+    tracking_uri,
+    train_tracked,
+)
 from pipeline.train.loop import train_one_epoch
 from tests.helpers.httpserver import closed_port_url
 
@@ -83,7 +96,64 @@ def test_training_data_is_an_mlflow_dataset_with_source_digest_and_counts(source
     from pipeline.core.splits import SplitInfo
 
     info = SplitInfo("f" * 64, 64, PERSON, {"train": 203, "val": 58, "test": 29}, {})
-    dataset = prepared_data(source, info).to_dict()
+    dataset = split_dataset(source, info).to_dict()
     assert (dataset["source_type"], dataset["name"], dataset["digest"]) == (source_type, name, "f" * 16)
     assert source in dataset["source"]
     assert json.loads(dataset["profile"]) == {"train": 203, "val": 58, "test": 29}
+
+
+def test_source_commit_is_mlflows_tag_and_the_hand_written_one_only_without_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(tracking, "git_commit", lambda: "abc123-dirty")
+    assert source_commit({"mlflow.source.git.commit": "f00d", "mlflow.user": "me"}) == "f00d"
+    assert source_commit({"mlflow.user": "me"}) == "abc123-dirty"
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert git_commit() == "unknown"
+
+
+class FakeSession:
+    """What train_tracked needs of a TrainingSession; fit logs one more epoch and returns the tracker's ids."""
+
+    def __init__(self, best_path: Path, run_id: str | None = None, history: list[dict] | None = None):
+        from pipeline.core.classes import PERSON
+        from pipeline.core.splits import SplitInfo
+
+        self.split_info = SplitInfo("f" * 64, 32, PERSON, {"train": 2, "val": 1, "test": 1}, {})
+        self.encoder_weights_sha256 = "e" * 64
+        self.best_path, self.run_id, self.history = best_path, run_id, history or []
+
+    def fit(self, tracker) -> tuple[str, str]:
+        tracker.log_epoch({"epoch": len(self.history) + 1, "val_loss": 0.5})
+        return tracker.run_id, tracker.experiment_id
+
+
+def test_train_tracked_records_commit_data_and_checkpoint_and_continues_a_resumed_run(params, tmp_path, monkeypatch):
+    import mlflow
+
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(tracking, "git_commit", lambda: "fallback-commit")
+    cfg = parse_config(params)
+    experiment_id = connect("unit")
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"weights")
+
+    run_id, run_experiment = train_tracked(cfg, FakeSession(best), experiment_id, {"data_pairs_used": 4})
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    assert run_experiment == experiment_id and run.info.status == "FINISHED"
+    tags = run.data.tags
+    # MLflow's own commit where it set one, the hand-written one only where it did not.
+    assert tags["git_commit"] == tags.get("mlflow.source.git.commit", "fallback-commit")
+    assert (tags["data_hash"], tags["encoder_weights_sha256"]) == ("f" * 64, "e" * 64)
+    assert run.data.metrics["data/pairs_used"] == 4
+    assert [artifact.path for artifact in client.list_artifacts(run_id, "checkpoint")] == [RUN_CHECKPOINT_PATH]
+
+    # A resumed session continues its run: the epoch a crash kept from MLflow (2) is caught up.
+    history = [{"epoch": 1, "val_loss": 0.5}, {"epoch": 2, "val_loss": 0.4}]
+    resumed = FakeSession(best, run_id=run_id, history=history)
+    assert train_tracked(cfg, resumed, experiment_id, {"data_pairs_used": 4}) == (run_id, experiment_id)
+    assert [metric.step for metric in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]
+    assert client.get_run(run_id).data.tags["git_commit"] == tags["git_commit"]

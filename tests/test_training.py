@@ -5,19 +5,28 @@ import pytest
 import torch
 
 from pipeline.core.config import parse_config
+from pipeline.core.device import Precision
 from pipeline.core.errors import ModelError
 from pipeline.evaluate.predictions import evaluate_checkpoint
 from pipeline.model.checkpoint import load_model, read_checkpoint
+from pipeline.train import distributed
 from pipeline.train.loop import NonFiniteLossError
-from pipeline.train.session import TrainingSession, summary
+from pipeline.train.session import (
+    TrainingSession,
+    build_optimiser,
+    build_scaler,
+    read_resume_checkpoint,
+    wrap_model,
+)
 from tests.helpers.datasets import build_test_split, make_dataset
 from tests.helpers.modelstore import tiny_checkpoint
 
 
 class ListTracker:
-    def __init__(self, stop_after: int | None = None):
+    def __init__(self, stop_after: int | None = None, run_id: str = "run-1", experiment_id: str = "7"):
         self.rows: list[dict] = []
         self.stop_after = stop_after
+        self.run_id, self.experiment_id = run_id, experiment_id
 
     def log_epoch(self, row: dict) -> None:
         self.rows.append(row)
@@ -51,19 +60,21 @@ def session(cfg, split_dir: Path, out: Path) -> TrainingSession:
 
 
 def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, split_dir, tmp_path):
-    tracker = ListTracker()
-    state = session(tiny_config(params), split_dir, tmp_path).fit(tracker)
+    tracker = ListTracker(run_id="abc123", experiment_id="4")
+    result = session(tiny_config(params), split_dir, tmp_path).fit(tracker)
     assert [row["epoch"] for row in tracker.rows] == [1, 2, 3]
     assert (tmp_path / "history.csv").read_text().splitlines()[1:] == [
         ",".join(str(row[key]) for key in tracker.rows[0]) for row in tracker.rows
     ]
     assert set(tracker.rows[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds"}
     best = min(tracker.rows, key=lambda row: row["val_loss"])
-    assert summary(state) == {
+    # What the stage writes: metrics/train.json, and models/run.json from the tracker's run.
+    assert result.metrics == {
         "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"],
         "val_dice_at_best": best["val_dice"],
     }
+    assert (result.best_epoch, result.run_id, result.experiment_id) == (best["epoch"], "abc123", "4")
     assert read_checkpoint(tmp_path / "best.pt")["epoch"] == best["epoch"]
     model, meta = load_model(tmp_path / "best.pt")
     assert model(torch.zeros(2, 3, 64, 96)).shape == (2, 1, 64, 96)
@@ -78,11 +89,11 @@ def test_scheduler_warms_up_then_decays_and_amp_uses_bf16_where_the_cpu_has_it(p
     run = session(tiny_config(params, amp=True, scheduler="cosine", warmup_epochs=1), split_dir, tmp_path)
     expected = "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
     assert run.precision.name == expected
-    state = run.fit(ListTracker())
-    lrs = [row["lr"] for row in state.history]
+    run.fit(ListTracker())
+    lrs = [row["lr"] for row in run.history]
     # 8 training pairs in batches of 4: 2 steps per epoch; warm-up reaches the peak after epoch 1.
     assert lrs[0] == pytest.approx(0.01) and lrs[1] == pytest.approx(0.005) and lrs[2] == pytest.approx(0.0, abs=1e-9)
-    assert all(math.isfinite(row["train_loss"]) for row in state.history)
+    assert all(math.isfinite(row["train_loss"]) for row in run.history)
 
 
 @pytest.mark.parametrize(("scheduler", "expected"), [("none", [0.005, 0.01, 0.01]), ("onecycle", None)])
@@ -106,15 +117,17 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(params, split_
     reference.fit(ListTracker())
 
     first = session(cfg, split_dir, tmp_path / "b")
-    first.state.run_id = "run-123"
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(ListTracker(stop_after=2))
+    assert first.run_id is None
+    note = r"^interrupted; .*last.pt holds epoch 2 of 3\. .*MLflow run run-123\.$"  # what Ctrl-C prints
+    with pytest.raises(KeyboardInterrupt, match=note):
+        first.fit(ListTracker(stop_after=2, run_id="run-123"))
     resumed = session(cfg, split_dir, tmp_path / "b")
     assert resumed.resume_note == "resuming after epoch 2 of 3 (run run-123)"
-    tracker = ListTracker()
-    resumed.fit(tracker)
-    assert [row["epoch"] for row in tracker.rows] == [3]
-    assert [row["val_loss"] for row in resumed.state.history] == [row["val_loss"] for row in reference.state.history]
+    assert resumed.run_id == "run-123" and [row["epoch"] for row in resumed.history] == [1, 2]
+    tracker = ListTracker(run_id="run-123")
+    result = resumed.fit(tracker)
+    assert [row["epoch"] for row in tracker.rows] == [3] and result.run_id == "run-123"
+    assert [row["val_loss"] for row in resumed.history] == [row["val_loss"] for row in reference.history]
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
@@ -127,8 +140,23 @@ def test_finished_or_foreign_resume_checkpoints_start_fresh(params, split_dir, t
     assert "belongs to other params" in session(other, split_dir, tmp_path).resume_note
     (tmp_path / "last.pt").write_bytes(b"torn")
     assert "is unreadable" in session(cfg, split_dir, tmp_path).resume_note
+    assert read_resume_checkpoint(tmp_path / "none.pt", tmp_path / "best.pt", "f", 1) == (None, "starting a new run")
     no_resume = tiny_config(params, epochs=1, resume=False)
     assert session(no_resume, split_dir, tmp_path).resume_note == "starting a new run"
+
+
+def test_builders_make_the_configured_optimiser_scaler_and_network(params):
+    cfg = tiny_config(params, lr=0.003)
+    model = torch.nn.Conv2d(3, 1, 1)
+    optimiser = build_optimiser(model, cfg.train)
+    assert isinstance(optimiser, torch.optim.Adam) and optimiser.param_groups[0]["lr"] == 0.003
+    assert optimiser.param_groups[0]["params"] == list(model.parameters())
+    # Loss scaling only for fp16; fp32 and bf16 train without it.
+    cpu = torch.device("cpu")
+    assert build_scaler(Precision("cpu"), cpu) is None and build_scaler(Precision("cpu", torch.bfloat16), cpu) is None
+    assert isinstance(build_scaler(Precision("cpu", torch.float16), cpu), torch.amp.GradScaler)
+    # One process, no compile: the loop calls the plain model.
+    assert wrap_model(model, cfg.train, distributed.Topology(), cpu) is model
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step(params, split_dir, tmp_path):

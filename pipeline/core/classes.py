@@ -51,5 +51,5 @@ class ClassSpec:
         return cls.of(saved["names"], saved["palette"])
 
 
-# What checkpoints and splits written before classes were configurable hold.
+# The reference dataset's classes (data.classes in the committed params.yaml): people on a background.
 PERSON = ClassSpec(("background", "person"), None)

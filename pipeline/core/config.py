@@ -4,6 +4,11 @@ Every key is required and has its single home in ``params.yaml``: the models bel
 declare types and ranges only, never defaults, so a value cannot drift between the
 file and the code. Unknown keys, wrong types and out-of-range values are reported
 together, each by its dotted key, before any stage does work.
+
+``data.layout`` and ``train.loss`` name implementations that register where they are defined,
+in ``split/layouts.py`` and ``model/losses.py`` (``core/extensions.py``); their validators
+import those two modules, the one import of core beyond core, and only when they run, so
+that importing this module loads no torch (tests/test_layering.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ from ruamel.yaml import YAML, YAMLError
 
 from .classes import ClassSpec
 from .errors import ConfigError
-from .extensions import AUTO, LOSS_FITS, layout_pattern, loss_misfit
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -30,7 +34,7 @@ class DataConfig(_Section):
     source: str = Field(min_length=1)
     manifest: str | None
     # How split finds pairs in data/raw: auto, csv, csv:<file>, folders, folders:<images>,<masks>.
-    layout: str = Field(pattern=layout_pattern())
+    layout: str
     # Background first; two classes is binary segmentation. Names become metric names (test_dice_<name>).
     # At most 255 so that class ids fit the uint8 masks predict writes.
     classes: list[str] = Field(min_length=2, max_length=255)
@@ -38,6 +42,16 @@ class DataConfig(_Section):
     palette: list[list[int]] | None
     on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        from ..split.layouts import layout_problem  # the layouts register there
+
+        problem = layout_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("layout")
     @classmethod
@@ -157,8 +171,10 @@ class TrainConfig(_Section):
     @field_validator("loss")
     @classmethod
     def _known_loss(cls, value: str) -> str:
-        if value != AUTO and value not in LOSS_FITS:
-            raise ValueError(f"unknown loss; choose one of: {', '.join([AUTO, *LOSS_FITS])}")
+        from ..model.losses import LOSSES  # the losses register there
+
+        if value not in LOSSES.choices():
+            raise ValueError(f"unknown loss; choose one of: {', '.join(LOSSES.choices())}")
         return value
 
 
@@ -190,6 +206,8 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _loss_fits_the_classes(self) -> Config:
+        from ..model.losses import loss_misfit
+
         problem = loss_misfit(self.train.loss, len(self.data.classes))
         if problem:
             raise ValueError(f"train.loss: {problem}")

@@ -1,66 +1,46 @@
-"""The names ``params.yaml`` picks implementations by: data layouts (``data.layout``) and
-training losses (``train.loss``).
+"""Registries of the implementations a ``params.yaml`` key chooses by name, in the manner of
+timm's ``@register_model``: each implementation registers itself where it is defined, so adding
+one is one edit in one file.
 
-``config.py`` validates both before any stage runs, and core imports nothing else of the
-package (tests/test_layering.py), so the names, and what each one accepts, live here. The
-implementations are registered under the same names where they are used:
-``split/layouts.py`` (``LAYOUTS``) and ``model/losses.py`` (``LOSSES``);
-tests/test_extensions.py checks that both sides list the same names. docs/extending.md shows
-how to add one.
+Two keys choose so: ``data.layout`` (``LAYOUTS`` in ``split/layouts.py``) and ``train.loss``
+(``LOSSES`` in ``model/losses.py``). ``core/config.py`` validates both at start-up by importing
+those two modules inside its validators (tests/test_layering.py allows exactly that).
+docs/extending.md shows how to add one.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
+# Every such key also accepts `auto`: the pipeline chooses (the registry's module says how).
 AUTO = "auto"
 
-# Each layout's arguments, written `name:<first>,<second>` in data.layout (paths relative to the
-# dataset's top folder). `auto` tries the layouts in this order.
-LAYOUT_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "csv": ("file",),
-    "folders": ("images folder", "masks folder"),
-}
-
-# Which models each loss can train: "binary" (two classes, one logit channel), "multiclass"
-# (a logit channel per class) or "any".
-Fit = Literal["binary", "multiclass", "any"]
-LOSS_FITS: dict[str, Fit] = {
-    "dice_bce": "binary",
-    "dice_ce": "multiclass",
-    "focal_dice": "any",
-    "lovasz": "any",
-}
+T = TypeVar("T")
 
 
-def layout_pattern() -> str:
-    """What data.layout accepts: auto, a layout's name, or its name with all its arguments."""
-    forms = [
-        re.escape(name) + "(:" + ",".join(["[^,]+"] * len(arguments)) + ")?"
-        for name, arguments in LAYOUT_ARGUMENTS.items()
-    ]
-    return "^(" + "|".join([AUTO, *forms]) + ")$"
+class Registry(Mapping[str, T]):
+    """Names ``key`` accepts -> what each one is, in the order they were registered."""
 
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self._entries: dict[str, T] = {}
 
-def layout_usage(name: str) -> str:
-    """The data.layout value that names a reading explicitly, e.g. ``folders:<images folder>,<masks folder>``."""
-    return f"{name}:" + ",".join(f"<{argument}>" for argument in LAYOUT_ARGUMENTS[name])
+    def register(self, name: str, entry: T) -> T:
+        if name == AUTO or name in self._entries:
+            raise ValueError(f"{self.key}: {name!r} is {'reserved' if name == AUTO else 'registered already'}")
+        self._entries[name] = entry
+        return entry
 
+    def choices(self) -> list[str]:
+        """What ``key`` accepts: ``auto`` and every registered name."""
+        return [AUTO, *self._entries]
 
-def resolve_loss(name: str, binary: bool) -> str:
-    """The loss ``train.loss`` means: ``auto`` is dice_bce for two classes, dice_ce for more."""
-    if name != AUTO:
-        return name
-    return "dice_bce" if binary else "dice_ce"
+    def __getitem__(self, name: str) -> T:
+        return self._entries[name]
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
 
-def loss_misfit(name: str, class_count: int) -> str | None:
-    """Why loss ``name`` cannot train a model of ``class_count`` classes; None when it can."""
-    needed = "binary" if class_count == 2 else "multiclass"
-    fit = LOSS_FITS[resolve_loss(name, class_count == 2)]
-    if fit in ("any", needed):
-        return None
-    fitting = [AUTO, *(other for other, other_fit in LOSS_FITS.items() if other_fit in ("any", needed))]
-    kind = "binary models (two classes)" if fit == "binary" else "models of more than two classes"
-    return f"{name!r} is for {kind}, but data.classes has {class_count}; use one of: {', '.join(fitting)}"
+    def __len__(self) -> int:
+        return len(self._entries)

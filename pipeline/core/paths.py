@@ -16,6 +16,9 @@ REGISTRY_DECISION = Path("models/registry.json")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_HISTORY = Path("metrics/history.csv")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+# Its entry the register stage decides the alias on: the validation Dice of the model as it is
+# deployed (its threshold or top class, its TTA).
+VAL_DICE_DEPLOYED = "val_dice_deployed"
 EXPORT_METRICS = Path("metrics/export.json")
 THRESHOLD_SWEEP = Path("metrics/threshold_sweep.csv")
 TEST_PER_IMAGE = Path("metrics/test_per_image.csv")

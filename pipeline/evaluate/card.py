@@ -8,6 +8,8 @@ from ..core.classes import ClassSpec
 from ..core.splits import SplitInfo
 from ..model.metrics import METRIC_FUNCTIONS
 
+TRACKING_PARAMS = "mlflow."
+
 # Content hash (split.json's data_hash) of the reference Human-Segmentation dataset, from
 # whichever source it was fetched: only a model trained on it gets the people-photo wording.
 REFERENCE_DATA_HASH = "12617323389a0b528707da125a7710d16d3a8d878397141b5af9cf12d4801eb6"
@@ -66,22 +68,23 @@ Per class (mean per image); the headline rows above average the foreground class
 
 def render_card(
     *,
-    registered_model: str,
     run_id: str,
     params: dict[str, Any],
     split_info: SplitInfo,
     metrics: dict[str, float],
+    val_dice: float,
     threshold_source: str,
     worst: list[dict[str, Any]],
     classes: ClassSpec,
     data_source: str,
-    selection: str,
     encoder_weights_sha256: str | None = None,
 ) -> str:
     """Markdown for ``models/model_card.md``, the run and the registered version's description.
 
     ``classes`` are the ones split recorded with the data; ``data_source`` is where the training
-    run's data came from (``data.source``)."""
+    run's data came from (``data.source``); ``val_dice`` is the validation score the champion
+    decision reads. The registered model's name is not in it: registering under another name
+    changes nothing the card says."""
     counts = split_info.counts
     text = (
         _binary_sections(classes, metrics, threshold_source)
@@ -104,8 +107,17 @@ def render_card(
     weights = f"{params['model.encoder_weights'] or 'random'} initial weights"
     if encoder_weights_sha256:
         weights = f"initial weights from `{params['model.encoder_weights']}`, SHA-256 `{encoder_weights_sha256}`"
-    param_lines = "\n".join(f"| `{key}` | `{value}` |" for key, value in params.items())
-    return f"""# Model card: {registered_model}
+    # The parameters that shaped the model: where it is tracked and registered is not among them.
+    param_lines = "\n".join(
+        f"| `{key}` | `{value}` |" for key, value in params.items() if not key.startswith(TRACKING_PARAMS)
+    )
+    selection = (
+        f"`val_dice` {val_dice:.4f}, the mean per-image Dice at this model's threshold and TTA on the "
+        f"{counts['val']} validation images, "
+        "decides whether this version becomes `champion` (strictly higher than the champion's on the same "
+        "validation set) or `challenger`."
+    )
+    return f"""# Model card: {params["model.arch"]} ({params["model.encoder"]})
 
 {text["summary"]}: a {params["model.arch"]} ({params["model.encoder"]} encoder,
 {weights}) that outputs, per pixel, {text["output"]}. MLflow run `{run_id}`.

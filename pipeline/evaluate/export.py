@@ -23,9 +23,9 @@ from ..core.classes import ClassSpec
 from ..core.errors import ModelError
 from ..core.files import atomic_path
 from ..model.inputs import eval_transform
-from ..model.outputs import class_map, class_probabilities, predict_logits
-from ..serve.onnx_backend import FORMAT, INPUT_CONTRACT, INPUT_NAME, OUTPUT_CONTRACT, OUTPUT_NAME, OnnxSegmenter
-from ..serve.settings import InferenceSettings
+from ..model.outputs import class_probabilities, predict_logits, predicted_classes
+from ..serve.onnx_backend import INPUT_CONTRACT, INPUT_NAME, OUTPUT_CONTRACT, OUTPUT_NAME, OnnxSegmenter
+from ..serve.settings import InferenceSettings, ModelDescription
 from .predictions import EVAL_BATCH_SIZE, SplitPredictions
 
 # 17 runs on every current onnxruntime (also the web and mobile builds) and TensorRT 8.6+.
@@ -81,20 +81,13 @@ class ExportCheck:
 
 
 def metadata(settings: InferenceSettings, classes: ClassSpec, image_size: int) -> dict[str, str]:
-    values = {
-        "format": FORMAT,
-        "exporter": EXPORTER,
-        "opset": OPSET,
-        "input": INPUT_CONTRACT,
-        "output": OUTPUT_CONTRACT,
-        "image_size": image_size,
-        "threshold": settings.threshold if classes.binary else None,
-        "tta": settings.tta,
-        "classes": list(classes.names),
-        "palette": classes.to_dict()["palette"],
-        "checkpoint_sha256": settings.checkpoint_sha256,
+    """How to run the file (``ModelDescription.metadata``, read back by predict and serving),
+    and what it is, for people."""
+    about = {"exporter": EXPORTER, "opset": OPSET, "input": INPUT_CONTRACT, "output": OUTPUT_CONTRACT}
+    return {
+        **{key: json.dumps(value) for key, value in about.items()},
+        **ModelDescription(settings, classes, image_size).metadata(),
     }
-    return {key: json.dumps(value) for key, value in values.items()}
 
 
 def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings, image_size: int) -> onnx.ModelProto:
@@ -134,7 +127,7 @@ def compare(path: Path, test: SplitPredictions, threshold: float | None) -> Expo
         got = torch.from_numpy(segmenter.network_probabilities(batch))
         want = reference[start : start + EVAL_BATCH_SIZE]
         worst = max(worst, float((got - want).abs().max()))
-        equal += int((class_map(got, threshold) == class_map(want, threshold)).sum())
+        equal += int((predicted_classes(got, threshold) == predicted_classes(want, threshold)).sum())
     pixels = reference.shape[0] * reference.shape[2] * reference.shape[3]
     return ExportCheck(worst, equal / pixels, len(test.images), pixels)
 

@@ -18,7 +18,7 @@ from ..model.checkpoint import checkpoint_classes, checkpoint_loss, load_model
 from ..model.inputs import SegmentationDataset, eval_transform
 from ..model.losses import build_loss
 from ..model.metrics import SegmentationMetrics
-from ..model.outputs import class_map, class_probabilities, predict_logits
+from ..model.outputs import class_probabilities, predict_logits, predicted_classes
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
@@ -60,7 +60,7 @@ class SplitPredictions:
 
     def predicted_masks(self, threshold: float | None) -> np.ndarray:
         """(N, S, S) class ids, as SegmentationMetrics derives them."""
-        return class_map(class_probabilities(self.logits, self.classes), threshold).numpy()
+        return predicted_classes(class_probabilities(self.logits, self.classes), threshold).numpy()
 
 
 @torch.no_grad()

@@ -11,8 +11,8 @@ from torch import nn
 from ..core.classes import ClassSpec
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
-from ..core.extensions import LOSS_FITS, loss_misfit
 from ..core.files import write_torch
+from .losses import LOSSES, loss_misfit
 from .network import build_model
 
 CHECKPOINT_FORMAT = "unet-pipeline/checkpoint-v1"
@@ -59,7 +59,7 @@ def checkpoint_classes(payload: dict[str, Any]) -> ClassSpec:
 def checkpoint_loss(path: Path, payload: dict[str, Any]) -> str:
     """The train.loss the checkpoint was trained with, so evaluation reports the same loss."""
     name = payload["loss"]
-    known = isinstance(name, str) and name in LOSS_FITS
+    known = isinstance(name, str) and name in LOSSES
     if not known or loss_misfit(name, checkpoint_classes(payload).count):
         raise ModelError(
             f"{path}: records a loss this pipeline cannot build for its classes ({name!r}); "

@@ -12,7 +12,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from ..core.classes import ClassSpec
-from .outputs import class_map, class_probabilities
+from .outputs import class_probabilities, predicted_classes
 
 METRIC_FUNCTIONS = {
     "dice": smp.metrics.f1_score,
@@ -43,7 +43,7 @@ class SegmentationMetrics:
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
         truth = masks[:, 0].long().cpu()
-        predicted = class_map(class_probabilities(logits.detach().float(), self.classes), self.threshold).cpu()
+        predicted = predicted_classes(class_probabilities(logits.detach().float(), self.classes), self.threshold).cpu()
         stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
         self._counts.append(tuple(stats))
         count = self.classes.count
@@ -67,8 +67,7 @@ class SegmentationMetrics:
         tp, fp, fn, tn = self._stats()
         results: dict[str, float] = {}
         for name, function in METRIC_FUNCTIONS.items():
-            # The mean of the per-image scores, in the order smp's "micro-imagewise" takes it,
-            # so binary scores stay bit for bit what they were before classes were configurable.
+            # The mean over images of each image's mean over its foreground classes (per_image).
             results[name] = float(self.per_image(name).mean())
             pooled = function(tp.sum(0), fp.sum(0), fn.sum(0), tn.sum(0), reduction="none", zero_division=1.0)
             results[f"{name}_pooled"] = float(pooled[1:].mean())

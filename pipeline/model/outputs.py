@@ -1,5 +1,5 @@
 """From the network's output to masks: the forward pass (with optional flip TTA), logits to
-probabilities, probabilities to class maps. Training, evaluation and predict share these."""
+probabilities, probabilities to predicted class ids. Training, evaluation and predict share these."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def class_probabilities(logits: torch.Tensor, classes: ClassSpec) -> torch.Tenso
     return logits.sigmoid() if classes.binary else logits.softmax(dim=1)
 
 
-def class_map(probabilities: torch.Tensor, threshold: float | None) -> torch.Tensor:
+def predicted_classes(probabilities: torch.Tensor, threshold: float | None) -> torch.Tensor:
     """N x H x W class ids: binary, foreground where the probability reaches ``threshold``;
     multi-class, the most probable class (``threshold`` is None: there is nothing to cut)."""
     if probabilities.shape[1] == 1:

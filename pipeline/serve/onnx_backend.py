@@ -5,30 +5,29 @@ as NumPy, OpenCV and PIL hold them) with H and W any multiple of 32; the ImageNe
 normalisation is inside the graph. Its output is ``probabilities``, float32 N x C x H x W:
 C = 1, the sigmoid foreground probability, for a binary model; one softmax channel per class
 otherwise. Flip TTA, when the model was evaluated with it, is inside the graph too. The
-file's metadata (every value JSON) says how to use it: ``threshold``, ``classes``,
-``palette``, ``image_size`` (the side the model was trained and evaluated at), ``tta``,
-``opset``, ``exporter``, ``input``, ``output`` and the ``checkpoint_sha256`` it was exported from.
+file's metadata (every value JSON) says how to use it, read by ``settings.read_description``:
+``threshold``, ``classes``, ``palette``, ``image_size`` (the side the model was trained and
+evaluated at), ``tta`` and the ``checkpoint_sha256`` it was exported from; ``opset``,
+``exporter``, ``input`` and ``output`` describe it for people.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
 
-from ..core.classes import ClassSpec
 from ..core.errors import ModelError
 from .segmenter import Segmenter
+from .settings import read_description
 
-# The registered version's artifact that holds the file (pipeline/evaluate/registry.py).
+# The registered version's artifact that holds the file (pipeline/register/registry.py).
 ONNX_ARTIFACT = "onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-FORMAT = "unet-pipeline/onnx-v1"
 INPUT_CONTRACT = (
     "image: uint8 RGB, N x H x W x 3 (NHWC), H and W multiples of 32; ImageNet normalisation is inside the graph"
 )
@@ -36,8 +35,6 @@ OUTPUT_CONTRACT = (
     "probabilities: float32 N x C x H x W; C = 1 (sigmoid, the foreground) for two classes, "
     "else one softmax channel per class"
 )
-# What predict and the served model need from the metadata.
-REQUIRED_METADATA = ("format", "threshold", "tta", "classes", "palette", "image_size", "checkpoint_sha256")
 
 
 def session_providers(device: str) -> list[str]:
@@ -49,19 +46,6 @@ def session_providers(device: str) -> list[str]:
         )
     cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-
-
-def read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
-    stored = session.get_modelmeta().custom_metadata_map
-    try:
-        metadata = {key: json.loads(stored[key]) for key in REQUIRED_METADATA}
-    except (KeyError, ValueError):
-        raise ModelError(
-            f"{path}: not an ONNX model exported by this pipeline (its metadata lacks {', '.join(REQUIRED_METADATA)})"
-        ) from None
-    if metadata["format"] != FORMAT:
-        raise ModelError(f"{path}: exported in format {metadata['format']!r}; this version reads {FORMAT!r}")
-    return metadata
 
 
 @dataclass(frozen=True)
@@ -76,16 +60,14 @@ class OnnxSegmenter(Segmenter):
             session = ort.InferenceSession(str(path), providers=session_providers(device))
         except Exception as exc:  # onnxruntime raises its own types for missing, foreign or broken files
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
-        metadata = read_metadata(session, path)
-        classes = ClassSpec.of(metadata["classes"], metadata["palette"])
-        threshold = metadata["threshold"] if classes.binary else None
+        description = read_description(session, path)
         return cls(
-            image_size=int(metadata["image_size"]),
-            threshold=threshold,
-            tta=bool(metadata["tta"]),
-            classes=classes,
+            image_size=description.image_size,
+            threshold=description.settings.threshold,
+            tta=description.settings.tta,
+            classes=description.classes,
             session=session,
-            checkpoint_sha256=metadata["checkpoint_sha256"],
+            checkpoint_sha256=description.settings.checkpoint_sha256,
         )
 
     def network_probabilities(self, batch: np.ndarray) -> np.ndarray:

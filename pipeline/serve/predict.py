@@ -18,7 +18,7 @@ from ..core.images import IMAGE_SUFFIXES, decode_image
 from ..core.paths import ONNX_MODEL
 from .onnx_backend import ONNX_ARTIFACT, OnnxSegmenter
 from .palette import overlay_colours
-from .registered import registered_artifact
+from .registered import registered_artifacts
 from .segmenter import Segmenter, class_map, image_batches, soft_mask_suffixes, soft_masks
 
 # The faster one on CPU (docs/performance.md), used whenever the model has an ONNX export.
@@ -72,10 +72,10 @@ def _onnx_segmenter(model_ref: str, device: str, *, required: bool) -> OnnxSegme
     one evaluate wrote beside a checkpoint (only if exported from that very checkpoint)."""
     if model_ref.startswith(("models:/", "runs:/")):
         with tempfile.TemporaryDirectory(prefix="unet-predict-") as tmp:
-            _, path = registered_artifact(model_ref, ONNX_ARTIFACT, Path(tmp))
+            path = registered_artifacts(model_ref, (ONNX_ARTIFACT,), Path(tmp))[ONNX_ARTIFACT]
             if path is None:
                 return _no_onnx(
-                    f"--model {model_ref} has no ONNX export (registered before models were exported)", required
+                    f"--model {model_ref} has no ONNX export: not a model registered by this pipeline", required
                 )
             return OnnxSegmenter.load(path, device)
     path = Path(model_ref)

@@ -12,6 +12,10 @@ from ruamel.yaml import YAML, YAMLError
 from ..core.errors import ModelError
 from ..tracking import tracking_uri
 
+# The registered version's artifact that holds the weights, for `predict --backend torch`
+# (pipeline/register/registry.py logs it); the ONNX file's is onnx_backend.ONNX_ARTIFACT.
+CHECKPOINT_ARTIFACT = "checkpoint"
+
 
 def _description(model_ref: str, dst: Path) -> dict[str, Any]:
     """The python_function flavour of the version's MLmodel (its config and artifacts)."""
@@ -30,15 +34,16 @@ def _description(model_ref: str, dst: Path) -> dict[str, Any]:
     return flavour
 
 
-def registered_artifact(model_ref: str, name: str, dst: Path) -> tuple[dict[str, Any], Path | None]:
-    """The pyfunc's config (threshold, TTA, ...) and its artifact ``name`` downloaded into ``dst``
-    (None if the version has no such artifact)."""
+def registered_artifacts(model_ref: str, names: tuple[str, ...], dst: Path) -> dict[str, Path | None]:
+    """The version's artifacts ``names`` downloaded into ``dst`` (None for one it does not have)."""
     mlflow.set_tracking_uri(tracking_uri())
-    flavour = _description(model_ref, dst)
-    config = flavour.get("config") or {}
-    entry = (flavour.get("artifacts") or {}).get(name)
+    entries = _description(model_ref, dst).get("artifacts") or {}
+    return {name: _download(model_ref, name, entries.get(name), dst) for name in names}
+
+
+def _download(model_ref: str, name: str, entry: Any, dst: Path) -> Path | None:
     if entry is None:
-        return config, None
+        return None
     try:
         relative = PurePosixPath(entry["path"])
     except (KeyError, TypeError):
@@ -46,6 +51,6 @@ def registered_artifact(model_ref: str, name: str, dst: Path) -> tuple[dict[str,
     if relative.is_absolute() or ".." in relative.parts:
         raise ModelError(f"--model {model_ref}: artifact {name!r} points outside the model ({relative})")
     try:
-        return config, Path(mlflow.artifacts.download_artifacts(f"{model_ref}/{relative}", dst_path=str(dst)))
+        return Path(mlflow.artifacts.download_artifacts(f"{model_ref}/{relative}", dst_path=str(dst)))
     except mlflow.exceptions.MlflowException as exc:
         raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0]}") from None

@@ -38,7 +38,7 @@ def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator
 def class_map(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
     """H x W uint8 class ids from H x W foreground probabilities (binary: cut at ``threshold``)
     or H x W x C class probabilities (multi-class: the most probable class), as
-    ``pipeline.model.outputs.class_map`` derives them for the metrics."""
+    ``pipeline.model.outputs.predicted_classes`` derives them for the metrics."""
     if probabilities.ndim == 2:
         return (probabilities >= threshold).astype(np.uint8)
     return probabilities.argmax(axis=2).astype(np.uint8)

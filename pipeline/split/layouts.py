@@ -1,15 +1,16 @@
 """Find the image/mask pairs in a fetched dataset, whatever its layout.
 
-Each layout is an object with ``detect`` (is this dataset laid out so, and how exactly) and
-``read`` (its pairs), registered in ``LAYOUTS`` under the name ``data.layout`` uses; the names
-and their arguments are declared in ``core/extensions.py``, from which the config derives the
-values it accepts. Two layouts are understood: a CSV file listing image and mask paths (the
-reference dataset's ``train.csv``), and two folders whose files pair up by name.
-``data.layout`` picks one when a dataset could be read either way: ``auto`` (each layout in
-turn: a pair CSV if there is exactly one, else the folders), ``csv`` / ``csv:<file>``,
-``folders`` / ``folders:<images folder>,<masks folder>`` (paths relative to the dataset root).
-Problems that concern pairing (unpaired files, two files with one name, a CSV row pointing
-nowhere) are returned as ``BadSample`` records, never dropped silently.
+Each layout is a ``Layout`` subclass with ``detect`` (is this dataset laid out so, and how
+exactly) and ``read`` (its pairs), registered in ``LAYOUTS`` by ``@register_layout`` under the
+name ``data.layout`` uses, with the arguments it takes; ``core/config.py`` checks a
+``data.layout`` value against it at start-up (``layout_problem``). Two layouts are understood:
+a CSV file listing image and mask paths (the reference dataset's ``train.csv``), and two
+folders whose files pair up by name. ``data.layout`` picks one when a dataset could be read
+either way: ``auto`` (each layout in the order registered: a pair CSV if there is exactly one,
+else the folders), ``csv`` / ``csv:<file>``, ``folders`` / ``folders:<images folder>,<masks
+folder>`` (paths relative to the dataset root). Problems that concern pairing (unpaired files,
+two files with one name, a CSV row pointing nowhere) are returned as ``BadSample`` records,
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
 from ..core.errors import DataError
-from ..core.extensions import AUTO, layout_usage
+from ..core.extensions import AUTO, Registry
 from ..core.images import IMAGE_SUFFIXES
 from .report import BadSample
 
@@ -259,10 +260,13 @@ class Layout(ABC):
     """One way a dataset can list its pairs; ``data.layout`` names it, alone or with its arguments."""
 
     name: ClassVar[str]
+    # What each argument of `<name>:<first>,<second>` is (paths relative to the dataset's top folder).
+    arguments: ClassVar[tuple[str, ...]]
 
     @property
     def usage(self) -> str:
-        return layout_usage(self.name)
+        """The data.layout value that names this reading explicitly, e.g. ``folders:<images folder>,<masks folder>``."""
+        return f"{self.name}:" + ",".join(f"<{argument}>" for argument in self.arguments)
 
     @abstractmethod
     def detect(self, root: Path) -> tuple[Path, ...]:
@@ -274,8 +278,36 @@ class Layout(ABC):
         """The pairs, and the pairing problems, of ``root`` read with ``arguments``."""
 
 
+# data.layout names -> layouts, in the order `auto` tries them.
+LAYOUTS: Registry[Layout] = Registry("data.layout")
+
+
+def register_layout(layout: type[Layout]) -> type[Layout]:
+    """Class decorator: ``data.layout`` accepts the layout's name, alone or with its arguments;
+    ``auto`` tries the layouts in the order they register (earlier wins)."""
+    LAYOUTS.register(layout.name, layout())
+    return layout
+
+
+def layout_problem(value: str) -> str | None:
+    """Why ``value`` is no data.layout value (auto, a layout's name, or its name with all its
+    arguments); None when it is one."""
+    name, colon, argument = value.partition(":")
+    if name in LAYOUTS:
+        layout = LAYOUTS[name]
+        if not colon or (len(parts := argument.split(",")) == len(layout.arguments) and all(parts)):
+            return None
+        return f"{name} takes {len(layout.arguments)} argument(s): {layout.usage}, or none"
+    if value == AUTO:
+        return None
+    forms = [AUTO, *(form for layout in LAYOUTS.values() for form in (layout.name, layout.usage))]
+    return f"unknown layout; use one of: {', '.join(forms)}"
+
+
+@register_layout
 class CsvLayout(Layout):
     name = "csv"
+    arguments = ("file",)
 
     def detect(self, root: Path) -> tuple[Path, ...]:
         csvs = pair_csvs(root)
@@ -292,8 +324,10 @@ class CsvLayout(Layout):
         return from_csv(root, *arguments)
 
 
+@register_layout
 class FoldersLayout(Layout):
     name = "folders"
+    arguments = ("images folder", "masks folder")
 
     def detect(self, root: Path) -> tuple[Path, ...]:
         folders = _folders(root)
@@ -302,7 +336,7 @@ class FoldersLayout(Layout):
             role, names = ("image", IMAGE_DIR_NAMES) if not images else ("mask", MASK_DIR_NAMES)
             raise NotFound(
                 f"{root}: no {role} folder found (looked for a pair CSV and for folders named {', '.join(names)}); "
-                f"set data.layout to {self.usage} or {layout_usage('csv')}"
+                f"set data.layout to {self.usage} or {LAYOUTS['csv'].usage}"
             )
         if len(images) > 1 or len(masks) > 1:
             listed = ", ".join(_relative(folder, root) for folder in images + masks)
@@ -313,10 +347,6 @@ class FoldersLayout(Layout):
 
     def read(self, root: Path, arguments: tuple[Path, ...]) -> Inventory:
         return from_folders(root, *arguments)
-
-
-# data.layout names (declared with their arguments in core/extensions.py) -> layouts; `auto` tries them in order.
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (CsvLayout(), FoldersLayout())}
 
 
 def _inside(root: Path, relative: str, layout: Layout) -> Path:

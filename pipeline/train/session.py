@@ -1,7 +1,8 @@
 """Training session: data loaders, model, optimiser, resume from ``last.pt``, best checkpoint.
 
-Kept free of MLflow and DVC: per-epoch results go to any object with ``log_epoch(row)``,
-so the loop can be tested and reused on its own.
+The session is put together from builder functions, one per part, in the order they depend on
+each other. Kept free of MLflow and DVC: per-epoch results go to any object with ``log_epoch(row)``
+and the run's ids, so the loop can be tested and reused on its own.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from ..core.classes import ClassSpec
-from ..core.config import Config
-from ..core.device import choose_precision, resolve_device
+from ..core.config import Config, ModelConfig, TrainConfig
+from ..core.device import Precision, choose_precision, resolve_device
 from ..core.errors import ModelError
-from ..core.extensions import resolve_loss
 from ..core.files import write_csv, write_torch
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import read_checkpoint, save_checkpoint
 from ..model.inputs import SegmentationDataset, eval_transform
-from ..model.losses import build_loss
+from ..model.losses import build_loss, resolve_loss
 from ..model.metrics import PER_CLASS_METRICS, SegmentationMetrics
 from ..model.network import build_model, load_pretrained_encoder
 from . import distributed
@@ -43,14 +44,23 @@ HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr"
 RESUME_FORMAT = "unet-pipeline/resume-v1"
 # Keys that change how training runs but not what it computes; resuming across them is fine.
 RUNTIME_ONLY_KEYS = frozenset({"num_workers", "device", "resume", "compile"})
+NEW_RUN = "starting a new run"
 
 
 class Tracker(Protocol):
+    """Where a session's epochs go, and the run they belong to (recorded in ``last.pt``)."""
+
+    run_id: str | None
+    experiment_id: str | None
+
     def log_epoch(self, row: dict[str, float]) -> None: ...
 
 
 class NoTracker:
     """For DDP ranks other than 0, which train but log nothing."""
+
+    run_id: str | None = None
+    experiment_id: str | None = None
 
     def log_epoch(self, row: dict[str, float]) -> None:
         pass
@@ -71,6 +81,31 @@ class TrainState:
     @property
     def best_row(self) -> dict[str, float]:
         return next(row for row in self.history if row["epoch"] == self.best_epoch)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished ``fit`` hands the train stage: the best epoch's scores and the run that holds them."""
+
+    best_epoch: int
+    best_val_loss: float
+    val_dice_at_best: float
+    run_id: str | None
+    experiment_id: str | None
+
+    @classmethod
+    def of(cls, state: TrainState, experiment_id: str | None) -> TrainResult:
+        best = state.best_row
+        return cls(state.best_epoch, best["val_loss"], best["val_dice"], state.run_id, experiment_id)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """metrics/train.json."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "val_dice_at_best": self.val_dice_at_best,
+        }
 
 
 def history_fields(classes: ClassSpec) -> tuple[str, ...]:
@@ -108,7 +143,148 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
+def build_loaders(
+    cfg: TrainConfig, split_dir: Path, device: torch.device, topology: distributed.Topology
+) -> tuple[DataLoader, DataLoader]:
+    """The training loader (this rank's share, augmented, reseeded by ``start_epoch``) and the validation loader."""
+    cuda = device.type == "cuda"
+    workers = loader_workers(cfg.num_workers, device)
+    train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
+    # Every rank draws its share of the same seeded permutation; set_epoch reseeds it.
+    sampler = DistributedSampler(
+        train_data, num_replicas=topology.world_size, rank=topology.rank, shuffle=True, seed=cfg.seed
+    )
+    options = dict(
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        pin_memory=cuda,
+        # Re-forked workers each epoch keep augmentation reproducible across a resume;
+        # on CUDA throughput matters more.
+        persistent_workers=cuda and workers > 0,
+    )
+    train = DataLoader(
+        train_data,
+        sampler=sampler,
+        drop_last=len(sampler) > cfg.batch_size,
+        generator=torch.Generator(),
+        worker_init_fn=_seed_worker,
+        **options,
+    )
+    val = DataLoader(SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **options)
+    return train, val
+
+
+def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
+    """Reseed ``loader`` (from ``build_loaders``) for ``epoch``.
+
+    Shuffle order and augmentation depend on (seed, epoch) only, never on how many epochs
+    this process has run: a resumed run sees the same batches.
+    """
+    epoch_seed = seed * 100_003 + epoch
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(epoch_seed + rank)
+    loader.dataset.transform.set_random_seed(epoch_seed + rank)
+
+
+def build_training_model(
+    cfg: ModelConfig, classes: ClassSpec, pretrained_dir: Path, device: torch.device
+) -> tuple[nn.Module, str | None]:
+    """The network training starts from, on ``device`` and channels-last, with the encoder
+    weights fetched into ``pretrained_dir``; and that file's SHA-256 (None without one), which
+    the run and the model card record."""
+    model = build_model(cfg, classes)
+    weights_sha256 = load_pretrained_encoder(model, cfg, pretrained_dir)
+    model.to(device, memory_format=torch.channels_last)
+    return model, weights_sha256
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, topology: distributed.Topology, device: torch.device) -> nn.Module:
+    """What the loop calls: ``model`` under DDP when torchrun started several processes, compiled
+    when ``train.compile`` asks; checkpoints always hold the plain model's weights."""
+    network = model
+    if topology.enabled:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        network = torch.compile(network)
+    return network
+
+
+def build_optimiser(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def build_scaler(precision: Precision, device: torch.device) -> torch.amp.GradScaler | None:
+    """A gradient scaler for the precisions that need one (fp16); None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision.needs_grad_scaler else None
+
+
+def read_resume_checkpoint(
+    last_path: Path, best_path: Path, fingerprint: str, epochs: int
+) -> tuple[dict[str, Any] | None, str]:
+    """``last.pt``'s contents when they continue the run ``fingerprint`` names, else None; and
+    what the session does, in words. A torn, foreign or finished ``last.pt`` means a new run."""
+    if not last_path.exists():
+        return None, NEW_RUN
+    try:
+        saved = torch.load(last_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file must not block a fresh start
+        return None, f"{NEW_RUN} ({last_path} is unreadable: {type(exc).__name__})"
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+        return None, f"{NEW_RUN} ({last_path} is not a resume checkpoint)"
+    state = saved["state"]
+    if state["fingerprint"] != fingerprint:
+        return None, f"{NEW_RUN} ({last_path} belongs to other params or data)"
+    if state["finished"]:
+        return None, f"{NEW_RUN} ({last_path} records a finished run)"
+    try:
+        best_fingerprint = read_checkpoint(best_path).get("fingerprint")
+    except ModelError:
+        best_fingerprint = None
+    if best_fingerprint != fingerprint:
+        return None, f"{NEW_RUN} ({best_path} is missing or from another run)"
+    return saved, f"resuming after epoch {state['epoch']} of {epochs} (run {state['run_id']})"
+
+
+def restore_resume_checkpoint(
+    saved: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> TrainState:
+    """Load what ``read_resume_checkpoint`` accepted into the session's parts; returns its state."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if scaler is not None and saved["scaler"]:
+        scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return TrainState(**saved["state"])
+
+
+def save_resume_checkpoint(
+    path: Path,
+    state: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    payload = {
+        "format": RESUME_FORMAT,
+        "state": state.__dict__,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "torch_rng": torch.get_rng_state(),
+    }
+    write_torch(path, payload)
+
+
 class TrainingSession:
+    """One training run's parts, built by the functions above; ``fit`` trains the epochs left."""
+
     def __init__(
         self,
         cfg: Config,
@@ -127,93 +303,40 @@ class TrainingSession:
         # Before any work: a loss that does not fit the classes fails at start-up, naming train.loss.
         self.loss_fn = build_loss(cfg.train.loss, self.classes)
         torch.manual_seed(cfg.train.seed)
-        cuda = self.device.type == "cuda"
-        self.workers = loader_workers(cfg.train.num_workers, self.device)
-        self.train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
-        # Every rank draws its share of the same seeded permutation; set_epoch reseeds it.
-        self.sampler = DistributedSampler(
-            self.train_data,
-            num_replicas=self.topology.world_size,
-            rank=self.topology.rank,
-            shuffle=True,
-            seed=cfg.train.seed,
+        self.train_loader, self.val_loader = build_loaders(cfg.train, split_dir, self.device, self.topology)
+        self.model, self.encoder_weights_sha256 = build_training_model(
+            cfg.model, self.classes, pretrained_dir, self.device
         )
-        self.generator = torch.Generator()
-        loader_options = dict(
-            batch_size=cfg.train.batch_size,
-            num_workers=self.workers,
-            pin_memory=cuda,
-            # Re-forked workers each epoch keep augmentation reproducible across a resume;
-            # on CUDA throughput matters more.
-            persistent_workers=cuda and self.workers > 0,
-        )
-        self.train_loader = DataLoader(
-            self.train_data,
-            sampler=self.sampler,
-            drop_last=len(self.sampler) > cfg.train.batch_size,
-            generator=self.generator,
-            worker_init_fn=_seed_worker,
-            **loader_options,
-        )
-        self.val_loader = DataLoader(
-            SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **loader_options
-        )
-        self.model = build_model(cfg.model, self.classes)
-        # Recorded in the run and the model card: which local weights file the encoder started from.
-        self.encoder_weights_sha256 = load_pretrained_encoder(self.model, cfg.model, pretrained_dir)
-        self.model.to(self.device, memory_format=torch.channels_last)
-        # What the loop calls; checkpoints always hold the plain model's weights.
-        self.network: torch.nn.Module = self.model
-        if self.topology.enabled:
-            self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
-        if cfg.train.compile:
-            self.network = torch.compile(self.network)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        self.network = wrap_model(self.model, cfg.train, self.topology, self.device)
+        self.optimizer = build_optimiser(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_grad_scaler else None
-        self.state = TrainState(training_fingerprint(cfg, self.split_info.data_hash, self.classes))
-        self.resume_note = self._maybe_resume()
+        self.scaler = build_scaler(self.precision, self.device)
+        fingerprint = training_fingerprint(cfg, self.split_info.data_hash, self.classes)
+        saved, self.resume_note = (
+            read_resume_checkpoint(last_path, best_path, fingerprint, cfg.train.epochs)
+            if cfg.train.resume
+            else (None, NEW_RUN)
+        )
+        self.state = (
+            restore_resume_checkpoint(saved, self.model, self.optimizer, self.scheduler, self.scaler)
+            if saved is not None
+            else TrainState(fingerprint)
+        )
 
-    def _maybe_resume(self) -> str:
-        if not self.cfg.train.resume or not self.last_path.exists():
-            return "starting a new run"
-        try:
-            saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a torn or foreign file must not block a fresh start
-            return f"starting a new run ({self.last_path} is unreadable: {type(exc).__name__})"
-        if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
-            return f"starting a new run ({self.last_path} is not a resume checkpoint)"
-        state = TrainState(**saved["state"])
-        if state.fingerprint != self.state.fingerprint:
-            return f"starting a new run ({self.last_path} belongs to other params or data)"
-        if state.finished:
-            return f"starting a new run ({self.last_path} records a finished run)"
-        try:
-            best_fingerprint = read_checkpoint(self.best_path).get("fingerprint")
-        except ModelError:
-            best_fingerprint = None
-        if best_fingerprint != state.fingerprint:
-            return f"starting a new run ({self.best_path} is missing or from another run)"
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if self.scaler is not None and saved["scaler"]:
-            self.scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["torch_rng"])
-        self.state = state
-        return f"resuming after epoch {state.epoch} of {self.cfg.train.epochs} (run {state.run_id})"
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run a resumed session continues; None for a new one."""
+        return self.state.run_id
 
-    def _save_last(self) -> None:
-        payload = {
-            "format": RESUME_FORMAT,
-            "state": self.state.__dict__,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "torch_rng": torch.get_rng_state(),
-        }
-        write_torch(self.last_path, payload)
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """The epochs done so far (those of the interrupted run, when resuming)."""
+        return self.state.history
+
+    def describe(self) -> str:
+        return (
+            f"{self.resume_note}; device {self.device}, {self.precision.name}, {self.topology.world_size} process(es)"
+        )
 
     def interrupted_note(self) -> str:
         done = self.state.epoch
@@ -221,12 +344,7 @@ class TrainingSession:
         return f"interrupted; {where}. Run `dvc repro` to resume (train.resume: true), MLflow run {self.state.run_id}."
 
     def start_epoch(self, epoch: int) -> None:
-        # Shuffle order and augmentation depend on (seed, epoch) only, never on how many
-        # epochs this process has run: a resumed run sees the same batches.
-        epoch_seed = self.cfg.train.seed * 100_003 + epoch
-        self.sampler.set_epoch(epoch)
-        self.generator.manual_seed(epoch_seed + self.topology.rank)
-        self.train_data.transform.set_random_seed(epoch_seed + self.topology.rank)
+        start_epoch(self.train_loader, self.cfg.train.seed, epoch, self.topology.rank)
 
     def _validate(self, epoch: int, train_loss: float, started: float) -> dict[str, float]:
         val_metrics = SegmentationMetrics(MONITOR_THRESHOLD, self.classes)
@@ -250,8 +368,33 @@ class TrainingSession:
         }
         return {field: row[field] for field in history_fields(self.classes)}
 
-    def fit(self, tracker: Tracker) -> TrainState:
-        """Train the remaining epochs. Under DDP every rank trains; rank 0 validates, saves and logs."""
+    def _save_best(self, row: dict[str, float]) -> None:
+        save_checkpoint(
+            self.best_path,
+            self.model,
+            self.cfg.model,
+            self.classes,
+            image_size=self.cfg.data.image_size,
+            loss=resolve_loss(self.cfg.train.loss, self.classes.binary),
+            epoch=int(row["epoch"]),
+            val_loss=row["val_loss"],
+            val_dice=row["val_dice"],
+            data_hash=self.split_info.data_hash,
+            fingerprint=self.state.fingerprint,
+        )
+
+    def fit(self, tracker: Tracker) -> TrainResult:
+        """Train the remaining epochs into ``tracker``'s run. Under DDP every rank trains; rank 0
+        validates, saves and logs. Ctrl-C raises KeyboardInterrupt saying what ``last.pt`` holds."""
+        if self.topology.is_main:  # other ranks log nothing and keep no run
+            self.state.run_id = tracker.run_id
+        try:
+            self._train_epochs(tracker)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(self.interrupted_note()) from None
+        return TrainResult.of(self.state, tracker.experiment_id)
+
+    def _train_epochs(self, tracker: Tracker) -> None:
         main = self.topology.is_main
         for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             started = time.perf_counter()
@@ -278,23 +421,11 @@ class TrainingSession:
             if not main:
                 continue
             if improved:
-                save_checkpoint(
-                    self.best_path,
-                    self.model,
-                    self.cfg.model,
-                    self.classes,
-                    image_size=self.cfg.data.image_size,
-                    loss=resolve_loss(self.cfg.train.loss, self.classes.binary),
-                    epoch=epoch,
-                    val_loss=row["val_loss"],
-                    val_dice=row["val_dice"],
-                    data_hash=self.split_info.data_hash,
-                    fingerprint=self.state.fingerprint,
-                )
+                self._save_best(row)
             # Before last.pt: whatever epoch last.pt records, the history file holds it too, so
             # `dvc plots show` follows a run live and still shows every epoch after a kill.
             write_csv(self.history_path, self.state.history, history_fields(self.classes))
-            self._save_last()
+            save_resume_checkpoint(self.last_path, self.state, self.model, self.optimizer, self.scheduler, self.scaler)
             tracker.log_epoch(row)
             print(
                 f"epoch {epoch}/{self.cfg.train.epochs}: "
@@ -303,9 +434,3 @@ class TrainingSession:
                 + ("  *best*" if improved else ""),
                 flush=True,
             )
-        return self.state
-
-
-def summary(state: TrainState) -> dict[str, Any]:
-    best = state.best_row
-    return {"best_epoch": state.best_epoch, "best_val_loss": best["val_loss"], "val_dice_at_best": best["val_dice"]}

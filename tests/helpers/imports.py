@@ -7,6 +7,17 @@ from pathlib import Path
 
 from tests.helpers.project import PROJECT_ROOT
 
+# config.py validates data.layout and train.loss against the registries filled where the layouts
+# and losses are defined, importing those modules inside its validators only. They decide which
+# params are accepted, never what a stage writes: no stage depends on them through config.
+VALIDATES_WITH = {"pipeline/core/config.py": {"pipeline/split/layouts.py", "pipeline/model/losses.py"}}
+
+
+def validation_only(path: Path) -> set[Path]:
+    """The files ``path`` imports only to validate params (with their packages' __init__.py)."""
+    files = {PROJECT_ROOT / name for name in VALIDATES_WITH.get(path.relative_to(PROJECT_ROOT).as_posix(), ())}
+    return files | {file.parent / "__init__.py" for file in files}
+
 
 def _module_file(dotted: str) -> Path | None:
     base = PROJECT_ROOT / dotted.replace(".", "/")
@@ -49,11 +60,13 @@ def direct_imports(path: Path) -> set[Path]:
 
 
 def imported_files(path: Path) -> set[Path]:
-    """Every ``pipeline`` file that running ``path`` imports, directly or through others."""
+    """Every ``pipeline`` file that running ``path`` imports, directly or through others, except
+    what config imports only to validate params."""
     seen: set[Path] = set()
     pending = [path]
     while pending:
-        for file in direct_imports(pending.pop()):
+        current = pending.pop()
+        for file in direct_imports(current) - validation_only(current):
             if file not in seen:
                 seen.add(file)
                 pending.append(file)

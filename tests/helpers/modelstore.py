@@ -10,12 +10,13 @@ import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import ModelConfig
-from pipeline.core.extensions import AUTO, resolve_loss
+from pipeline.core.extensions import AUTO
 from pipeline.core.files import sha256_file
 from pipeline.evaluate.export import onnx_graph
-from pipeline.evaluate.registry import register_model
 from pipeline.model.checkpoint import checkpoint_classes, load_model, save_checkpoint
+from pipeline.model.losses import resolve_loss
 from pipeline.model.network import build_model
+from pipeline.register.registry import EvaluatedModel, register_model
 from pipeline.serve.settings import InferenceSettings
 
 TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
@@ -60,15 +61,9 @@ def register(
     card = root / "card.md"
     card.write_text("# card\n")
     settings = InferenceSettings(threshold, tta, sha256_file(checkpoint))
-    version = register_model(
-        run_id=run.info.run_id,
-        name=NAME,
-        checkpoint=checkpoint,
-        onnx_model=tiny_onnx(checkpoint, settings, root / f"{checkpoint.stem}.onnx"),
-        card=card,
-        settings=settings,
-        tags=tags or {},
-    )
+    onnx_model = tiny_onnx(checkpoint, settings, root / f"{checkpoint.stem}.onnx")
+    evaluated = EvaluatedModel(checkpoint, onnx_model, card, metrics={}, val_dice=0.0)
+    version = register_model(run_id=run.info.run_id, name=NAME, evaluated=evaluated, tags=tags or {})
     return run.info.run_id, version
 
 

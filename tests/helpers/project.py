@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +18,9 @@ from scripts.project_copy import copy_tracked_files
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_ZIP = PROJECT_ROOT.parent / "shared" / "datasets" / "human-segmentation-dataset-master.zip"
 FAULTS = PROJECT_ROOT / "tests" / "faults"
-STAGES = ("fetch", "split", "train", "evaluate")
+STAGES = ("fetch", "split", "train", "evaluate", "register")
+# The MLflow store the stages of a project copy write when MLFLOW_TRACKING_URI is unset (pipeline/tracking.py).
+TRACKING_DB = "mlflow.db"
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
@@ -53,6 +57,39 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+def copy_trained(trained: Path, dest: Path) -> Path:
+    """A copy of a project that has already run: working tree, git history, DVC cache and state,
+    and its MLflow store, whose artifact locations are moved into the copy.
+
+    The copy is what ``trained`` is to DVC (`dvc status` finds it up to date), and its store a
+    store of its own: what a test registers or logs there touches neither ``trained`` nor another copy.
+    """
+    shutil.copytree(trained, dest, symlinks=True, dirs_exist_ok=True)
+    if (dest / TRACKING_DB).exists():
+        relocate_store(dest / TRACKING_DB, trained, dest)
+    return dest
+
+
+def relocate_store(database: Path, old: Path, new: Path) -> None:
+    """Point a copied SQLite MLflow store's absolute paths (artifact locations of experiments,
+    runs, logged models and model versions) from ``old`` to ``new``."""
+    old, new = old.resolve(), new.resolve()
+    prefixes = [(f"{old.as_uri()}/", f"{new.as_uri()}/"), (f"{old}/", f"{new}/")]
+    with sqlite3.connect(database) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" not in column[2].upper() and "TEXT" not in column[2].upper():
+                    continue
+                for before, after in prefixes:
+                    connection.execute(
+                        f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
+                        f'WHERE instr("{column[1]}", ?) > 0',
+                        (before, after, before),
+                    )
+    connection.close()
+
+
 def environment(project: Path, **extra: str) -> dict[str, str]:
     """This interpreter first on PATH (stage commands call `python`), the copy's code first on
     PYTHONPATH (not whichever checkout the package was installed from), the fault injector
@@ -86,21 +123,39 @@ def repro(project: Path, **extra: str) -> set[str]:
     return ran_stages(run(project, "dvc", "repro", check=True, **extra))
 
 
+def experiment_refs(project: Path) -> list[str]:
+    """The experiments DVC has saved in ``project`` (refs/exps/...): a `git for-each-ref`, milliseconds,
+    where each `dvc queue status` is a DVC process of a second or more of CPU."""
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"], cwd=project, capture_output=True, text=True
+    )
+    # refs/exps/<baseline commit, split after 2 hex digits>/<name>; the queue's own refs live beside them.
+    return [ref for ref in listed.stdout.split() if re.match(r"refs/exps/[0-9a-f]{2}/[0-9a-f]{38}/", ref)]
+
+
 def run_queued_experiments(project: Path, learning_rates: list[str], **extra: str) -> None:
     """A sweep, `dvc exp run --queue -S train.lr=a,b,...`, run by `dvc queue start --jobs 2`; waits for all to succeed.
 
     The queue's workers inherit ``extra`` (e.g. MLFLOW_TRACKING_URI) from `dvc queue start`.
     """
+    before = len(experiment_refs(project))
     queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(learning_rates)}", **extra)
     assert queued.returncode == 0, queued.stderr
     started = run(project, "dvc", "queue", "start", "--jobs", "2", **extra)
     assert started.returncode == 0, started.stderr
     deadline = time.monotonic() + 480
+    status, asked = "", 0.0
     while time.monotonic() < deadline:
-        status = run(project, "dvc", "queue", "status").stdout
-        # Finished tasks only: between states a task can be listed as neither queued nor running.
-        if status.count("Success") + status.count("Failed") >= len(learning_rates):
-            break
-        time.sleep(5)  # each `dvc queue status` is a process of its own: poll gently on a small machine
+        # Watch for the experiments' refs every second (cheap), and ask DVC itself only when all
+        # are saved or every 30 s (a failed experiment saves none): a sweep on a small machine
+        # should not share its CPUs with a DVC process every few seconds.
+        saved = len(experiment_refs(project)) - before >= len(learning_rates)
+        if saved or time.monotonic() - asked >= 30:
+            asked = time.monotonic()
+            status = run(project, "dvc", "queue", "status").stdout
+            # Finished tasks only: between states a task can be listed as neither queued nor running.
+            if status.count("Success") + status.count("Failed") >= len(learning_rates):
+                break
+        time.sleep(1)
     succeeded = status.count("Success") == len(learning_rates) and "Failed" not in status
     assert succeeded, status + run(project, "dvc", "queue", "logs", "-h").stdout

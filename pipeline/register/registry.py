@@ -1,10 +1,12 @@
 """Model registry: each evaluated model becomes a version; the champion alias moves on validation merit only.
 
 A version is the deployable model: the pyfunc in ``pipeline/serve/pyfunc.py``, which serves the
-verified ONNX export with onnxruntime, plus the checkpoint and the threshold and TTA it was
-evaluated with (for ``predict --backend torch``). Its tags carry the data hash, git commit,
-the validation Dice that decides its alias, the test metrics (a report no decision reads) and
-identifiers of the validation and test sets, so later decisions compare like with like.
+verified ONNX export with onnxruntime, plus the checkpoint (for ``predict --backend torch``)
+and the model card. The ONNX file is the one record of how the model runs (threshold, TTA,
+classes). The version's tags carry the data hash, git commit, the validation Dice that decides
+its alias, the test metrics (a report no decision reads; repeated for search in the UI, never
+read back) and identifiers of the validation and test sets, so later decisions compare like
+with like.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 
-from ..core.errors import TrackingError
+from ..core import paths
+from ..core.errors import ModelError, TrackingError
+from ..core.files import read_json, sha256_file
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
 from ..serve.onnx_backend import ONNX_ARTIFACT
-from ..serve.settings import InferenceSettings
-from ..serve.torch_backend import CHECKPOINT_ARTIFACT
+from ..serve.registered import CHECKPOINT_ARTIFACT
+from ..serve.settings import read_description
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 # The one score a decision reads: mean per-image validation Dice of the deployable model (its
@@ -37,6 +41,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 SELECTION_METRIC = "val_dice"
 SELECTION_DESCRIPTION = "validation Dice (mean per image, at the version's threshold and TTA)"
 MODEL_ARTIFACT = "model"
+CARD_ARTIFACT = "model_card"
 # Inputs unconstrained: the model accepts several payload forms (base64 files, pixel arrays,
 # a DataFrame column) and validates them itself, with messages that name the image; an input
 # schema would make MLflow convert or refuse them first. Outputs: a mask per image.
@@ -78,6 +83,10 @@ class AliasDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def record(self, name: str) -> dict[str, Any]:
+        """``models/registry.json``: which version of which model got which alias, and why."""
+        return {"registered_model": name, **self.to_dict(), "metric_description": SELECTION_DESCRIPTION}
 
 
 def decide_alias(candidate: Contender, champion: Contender | None) -> AliasDecision:
@@ -134,26 +143,61 @@ def version_tags(
     }
 
 
-def register_model(
-    *,
-    run_id: str,
-    name: str,
-    checkpoint: Path,
-    onnx_model: Path,
-    card: Path,
-    settings: InferenceSettings,
-    tags: dict[str, str],
-) -> str:
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """What the evaluate stage wrote for the register stage: the model as files, and its scores."""
+
+    checkpoint: Path
+    onnx_model: Path
+    card: Path
+    metrics: dict[str, Any]  # metrics/evaluate.json
+    val_dice: float  # the selection score, from ``metrics``
+
+    @classmethod
+    def read(
+        cls,
+        checkpoint: Path = paths.BEST_CHECKPOINT,
+        onnx_model: Path = paths.ONNX_MODEL,
+        card: Path = paths.MODEL_CARD,
+        metrics_file: Path = paths.EVALUATE_METRICS,
+    ) -> EvaluatedModel:
+        """Refuses files that do not belong together (an ONNX export of another checkpoint, a
+        missing score), naming the file and the stage to rerun."""
+        score = paths.VAL_DICE_DEPLOYED
+        for path in (checkpoint, onnx_model, card, metrics_file):
+            if not path.is_file():
+                raise ModelError(f"{path}: missing; run the evaluate stage (`dvc repro evaluate`)")
+        settings = read_description(onnx_model).settings
+        if settings.checkpoint_sha256 != sha256_file(checkpoint):
+            raise ModelError(f"{onnx_model} was not exported from {checkpoint}; run the evaluate stage again")
+        metrics = read_json(metrics_file)
+        value = metrics.get(score) if isinstance(metrics, dict) else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ModelError(f"{metrics_file}: no number {score!r}; run the evaluate stage again")
+        return cls(checkpoint, onnx_model, card, metrics, float(value))
+
+
+def register_evaluated(
+    name: str, run_id: str, evaluated: EvaluatedModel, training_tags: dict[str, str], split_info: SplitInfo
+) -> AliasDecision:
+    """Register the evaluated model as a new version of ``name`` and decide its alias."""
+    tags = version_tags(training_tags, split_info, evaluated.metrics, evaluated.val_dice)
+    version = register_model(run_id=run_id, name=name, evaluated=evaluated, tags=tags)
+    decision = decide_alias(Contender(version, evaluated.val_dice, tags["val_set"]), current_champion(name))
+    apply_decision(name, run_id, decision)
+    return decision
+
+
+def register_model(*, run_id: str, name: str, evaluated: EvaluatedModel, tags: dict[str, str]) -> str:
     """Log the pyfunc into the training run, register it as a new version of ``name``; returns the version."""
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=pyfunc.__file__,
-            artifacts={CHECKPOINT_ARTIFACT: str(checkpoint), ONNX_ARTIFACT: str(onnx_model), "model_card": str(card)},
-            model_config={
-                "threshold": settings.threshold,
-                "tta": settings.tta,
-                "checkpoint_sha256": settings.checkpoint_sha256,
+            artifacts={
+                CHECKPOINT_ARTIFACT: str(evaluated.checkpoint),
+                ONNX_ARTIFACT: str(evaluated.onnx_model),
+                CARD_ARTIFACT: str(evaluated.card),
             },
             # The package travels with the model: serving does not depend on how it is installed.
             code_paths=[str(Path(pyfunc.__file__).parents[1])],
@@ -166,7 +210,7 @@ def register_model(
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=card.read_text(encoding="utf-8"))
+    client.update_model_version(name, version, description=evaluated.card.read_text(encoding="utf-8"))
     return version
 
 
@@ -176,8 +220,8 @@ def current_champion(name: str) -> Contender | None:
         found = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
-    # A champion without a validation score (set by hand on an untagged version, or chosen by
-    # an older rule) is comparable to nothing.
+    # A champion without a validation score (an alias set by hand in the UI on a version this
+    # pipeline did not register) is comparable to nothing.
     return Contender(str(found.version), float(found.tags.get(SELECTION_METRIC, "nan")), found.tags.get("val_set", ""))
 
 
@@ -223,7 +267,7 @@ def promote(name: str, reference: str, reason: str) -> str | None:
     if SELECTION_METRIC not in found.tags:
         raise TrackingError(
             f"{name} version {version} has no evaluation (no {SELECTION_METRIC} tag): only versions the "
-            "evaluate stage registered can be promoted"
+            "register stage registered can be promoted"
         )
     previous = current_champion(name)
     previous_version = previous.version if previous else None

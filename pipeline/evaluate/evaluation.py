@@ -1,0 +1,108 @@
+"""The evaluate stage's work: score the checkpoint on validation and test, choose the binary
+cut-off, export the verified ONNX file and write every report. Nothing here touches MLflow:
+the stage logs what this returns, and the register stage registers what it wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import paths
+from ..core.config import Config
+from ..core.files import sha256_file, write_csv, write_json, write_png, write_text
+from ..core.splits import SplitInfo
+from ..serve.settings import InferenceSettings
+from .card import render_card
+from .confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
+from .export import ExportCheck, export_verified
+from .gallery import CASES_EACH, render_gallery
+from .predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
+from .thresholds import SWEEP_FIELDS, best_threshold, sweep
+
+# The files evaluate writes that the training run keeps as artifacts.
+REPORTS = (
+    paths.THRESHOLD_SWEEP,
+    paths.TEST_PER_IMAGE,
+    paths.CONFUSION_TABLE,
+    paths.CONFUSION_IMAGE,
+    paths.GALLERY,
+    paths.MODEL_CARD,
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]  # as written to metrics/evaluate.json
+    export: ExportCheck
+
+    def run_metrics(self) -> dict[str, float]:
+        """What the training run records of this evaluation."""
+        return {**self.metrics, **self.export.run_metrics()}
+
+    def summary(self) -> str:
+        scores = "  ".join(f"{key} {value:.4f}" for key, value in self.metrics.items() if not key.endswith("_pooled"))
+        return (
+            f"evaluate: {scores}\nevaluate: exported {paths.ONNX_MODEL}; onnxruntime vs PyTorch fp32 on test: "
+            f"{self.export.summary()}"
+        )
+
+
+def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
+    """The binary cut-off, the validation sweep behind it, and where it came from. Multi-class
+    models take the top class: no threshold, an empty sweep, and evaluate.threshold does not apply."""
+    if not val.classes.binary:
+        return None, [], "each pixel takes its most probable class"
+    # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
+    curve = sweep(val.logits, val.masks, val.classes)
+    if cfg.evaluate.threshold == "auto":
+        return best_threshold(curve), curve, "maximises mean Dice on the validation split"
+    return cfg.evaluate.threshold, curve, "fixed by evaluate.threshold"
+
+
+def evaluate_checkpoint(
+    cfg: Config, run_id: str, *, data_source: str, encoder_weights_sha256: str | None
+) -> Evaluation:
+    """Score models/best.pt, export it, write the reports and the model card.
+
+    ``data_source`` and ``encoder_weights_sha256`` are what the training run recorded of its
+    data and initial weights, for the card."""
+    split_info = SplitInfo.read(paths.SPLIT_DIR)
+    model, loss_fn, device = load_for_evaluation(paths.BEST_CHECKPOINT)
+    val = predict_split(model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
+    threshold, curve, threshold_source = choose_threshold(cfg, val)
+    test = predict_split(model, loss_fn, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
+    metrics: dict[str, Any] = test.scores(threshold)
+    if test.classes.binary:
+        metrics["threshold"] = threshold
+    metrics[paths.VAL_DICE_DEPLOYED] = val.metrics(threshold).compute()["dice"]
+    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
+    # First: a model whose export disagrees with PyTorch writes nothing, so nothing is registered.
+    export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
+
+    per_image = test.per_image(threshold)
+    write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FIELDS)
+    write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
+    confusion = test.metrics(threshold).confusion
+    write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, test.classes), CONFUSION_FIELDS)
+    write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, test.classes))
+    dice = [row["dice"] for row in per_image]
+    predicted = test.predicted_masks(threshold)
+    write_png(
+        paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy(), predicted, test.ids, dice, test.classes)
+    )
+    card = render_card(
+        run_id=run_id,
+        data_source=data_source,
+        encoder_weights_sha256=encoder_weights_sha256,
+        params=cfg.flat(),
+        split_info=split_info,
+        metrics=metrics,
+        val_dice=metrics[paths.VAL_DICE_DEPLOYED],
+        threshold_source=threshold_source,
+        worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
+        classes=test.classes,
+    )
+    write_text(paths.MODEL_CARD, card)
+    write_json(paths.EVALUATE_METRICS, metrics)
+    write_json(paths.EXPORT_METRICS, export.to_dict())
+    return Evaluation(metrics, export)
