@@ -45,7 +45,7 @@ def main() -> None:
         distributed.teardown()
     write_json(paths.TRAIN_METRICS, result.metrics)
     RunInfo(result.run_id, result.experiment_id).save(paths.RUN_INFO)
-    # The evaluate stage registers the model, once its threshold and test metrics are known.
+    # The register stage registers the model, once evaluate has chosen its threshold and scored it.
     print(f"train: best epoch {result.best_epoch} (run {result.run_id})")
 
 

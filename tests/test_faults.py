@@ -48,10 +48,17 @@ def wait_for_epoch(project: Path, process: subprocess.Popen, epoch: int, timeout
     """Block until models/last.pt records ``epoch`` finished epochs."""
     deadline = time.monotonic() + timeout
     last = project / "models" / "last.pt"
+    seen = None
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if last.exists() and torch.load(last, weights_only=True)["state"]["epoch"] >= epoch:
-            return
+        # Read the checkpoint only when it was rewritten: loading it every 50 ms would take the
+        # CPU the training needs.
+        stat = last.stat() if last.exists() else None
+        changed = stat is not None and (stat.st_mtime_ns, stat.st_size) != seen
+        if changed:
+            seen = (stat.st_mtime_ns, stat.st_size)
+            if torch.load(last, weights_only=True)["state"]["epoch"] >= epoch:
+                return
         time.sleep(0.05)
     raise AssertionError(f"no epoch {epoch} within {timeout}s")
 

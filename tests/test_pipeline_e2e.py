@@ -69,7 +69,7 @@ def test_metrics_files_hold_sane_numbers(project):
     sweep = list(csv.DictReader((project / "metrics" / "threshold_sweep.csv").open()))
     assert len(sweep) == 19 and list(sweep[0]) == ["threshold", "dice", "iou", "precision", "recall"]
     best = max(sweep, key=lambda row: float(row["dice"]))
-    assert float(best["dice"]) == pytest.approx(evaluation["val_dice_at_threshold"])
+    assert float(best["dice"]) == pytest.approx(evaluation["val_dice_deployed"])
     per_image = list(csv.DictReader((project / "metrics" / "test_per_image.csv").open()))
     assert list(per_image[0]) == ["id", "dice", "iou", "foreground_fraction"] and len(per_image) == 29
     assert np.mean([float(row["dice"]) for row in per_image]) == pytest.approx(evaluation["test_dice"])
@@ -125,7 +125,7 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     }
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
-    assert float(version.tags["val_dice"]) == decision["val_dice"] == evaluation["val_dice_at_threshold"]
+    assert float(version.tags["val_dice"]) == decision["val_dice"] == evaluation["val_dice_deployed"]
     assert version.tags["alias_metric"] == "val_dice" and "## Champion selection\n`val_dice`" in version.description
     model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
     assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
@@ -230,7 +230,7 @@ def test_renaming_the_registered_model_reruns_register_only_and_registers_one_ve
     assert repro(project) == {"register"}
     (version,) = client.search_model_versions("name='renamed-unet'")
     assert version.run_id == read_json(project / "models" / "run.json")["run_id"]
-    assert read_json(project / "models" / "registry.json")["version"] == version.version
+    assert read_json(project / "models" / "registry.json")["version"] == str(version.version)
     assert repro(project) == set()
     assert len(client.search_model_versions("name='renamed-unet'")) == 1
     assert len(client.search_model_versions("name='human-segmentation-unet'")) == 1

@@ -1,27 +1,28 @@
 """Team scale, with the real components: a tracking server on PostgreSQL, a DVC remote, a colleague's clone.
 
-The module starts PostgreSQL and `mlflow server` (with logins) on free 127.0.0.1 ports through
-scripts/tracking_server.py (the script `make tracking-server` runs) and stops both at the
-end, pass or fail. The pipeline runs under a colleague's account, created as the README says.
-A small synthetic dataset keeps the pipeline runs to seconds.
+The module starts one PostgreSQL cluster and one `mlflow server` (with logins) on free 127.0.0.1
+ports through scripts/tracking_server.py (the script `make tracking-server` runs), shares them
+among its tests and stops both at the end, pass or fail. The pipeline runs under a colleague's
+account, created as the README says. A small synthetic dataset keeps the pipeline runs to seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import mlflow
+import numpy as np
 import pytest
 import requests
 
@@ -29,8 +30,8 @@ from tests.helpers.datasets import make_dataset
 from tests.helpers.project import (
     GIT,
     PROJECT_ROOT,
+    STAGES,
     copy_project,
-    environment,
     load_params,
     ran_stages,
     run,
@@ -38,23 +39,15 @@ from tests.helpers.project import (
     tiny_params,
     write_params,
 )
-from tests.helpers.serving import free_port
+from tests.helpers.serving import free_port, post, served
 
 SCRIPT = PROJECT_ROOT / "scripts" / "tracking_server.py"
 MODEL = "human-segmentation-unet"
 EPOCHS = 2
 HISTORY_METRICS = ("train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds")
-
+SECRETS = ("basic_auth.ini", "pgpass", "flask-secret")
 
 pytestmark = pytest.mark.process
-
-
-def load_server_script():
-    spec = importlib.util.spec_from_file_location("tracking_server", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def port_open(port: int) -> bool:
@@ -62,10 +55,25 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass
+class Server:
+    root: Path  # TRACKING_DIR
+    tracking_uri: str
+    pg_port: int
+    env: dict[str, str]  # the TRACKING_* settings it was started with
+
+    def script(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+
+
 @pytest.fixture(scope="module")
 def server():
-    """PostgreSQL + `mlflow server` on loopback; yields the script's state (tracking URI, ports, password file)."""
-    script = load_server_script()
+    """PostgreSQL + `mlflow server` on loopback, started and stopped as `make tracking-server(-stop)` does."""
+    spec = importlib.util.spec_from_file_location("tracking_server", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     try:
         script.postgres_bin()
     except script.ServerError as exc:
@@ -73,29 +81,26 @@ def server():
     # Not under pytest's tmp folder: as root, PostgreSQL runs as the postgres user, which must reach it.
     folder = Path(tempfile.mkdtemp(prefix="unet-team-server-"))
     folder.chmod(0o755)
-    command = [sys.executable, str(SCRIPT), "--dir", str(folder / "tracking")]
-    ports = ["--port", str(free_port()), "--pg-port", str(free_port()), "--workers", "1"]
+    port, pg_port = free_port(), free_port()
+    settings = {"TRACKING_DIR": str(folder / "tracking"), "TRACKING_PORT": str(port)}
+    settings |= {"TRACKING_PG_PORT": str(pg_port), "TRACKING_WORKERS": "1"}
+    server = Server(folder / "tracking", f"http://127.0.0.1:{port}", pg_port, {**os.environ, **settings})
     try:
-        started = subprocess.run([*command, "start", *ports], capture_output=True, text=True, timeout=300)
+        started = server.script("start")
         assert started.returncode == 0, started.stderr
-        state = script.State.load(folder / "tracking" / "server.json")
-        yield state
+        assert started.stdout.splitlines()[-1] == f"export MLFLOW_TRACKING_URI={server.tracking_uri}"
+        yield server
     finally:
-        stopped = subprocess.run([*command, "stop"], capture_output=True, text=True, timeout=120)
+        stopped = server.script("stop")
         shutil.rmtree(folder, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stderr
-    assert not port_open(int(state.tracking_uri.rsplit(":", 1)[1])) and not port_open(state.pg_port)
+    assert not port_open(port) and not port_open(pg_port)
 
 
 @pytest.fixture(scope="module")
 def login(server) -> dict[str, str]:
     """A colleague's account, made with `tracking_server.py add-user`: the environment MLflow clients need."""
-    made = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dir", str(Path(server.pgpass).parent), "add-user", "colleague"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    made = server.script("add-user", "colleague")
     assert made.returncode == 0, made.stderr
     exports = dict(line.removeprefix("export ").split("=", 1) for line in made.stdout.splitlines() if "=" in line)
     assert exports["MLFLOW_TRACKING_USERNAME"] == "colleague" and len(exports["MLFLOW_TRACKING_PASSWORD"]) >= 12
@@ -123,12 +128,7 @@ def project(tmp_path_factory, server, login, photos):
     params = tiny_params(load_params(root / "params.yaml"), str(photos))
     params["data"]["manifest"] = None
     write_params(root / "params.yaml", params)
-    assert ran_stages(run(root, "dvc", "repro", **login)) == {
-        "fetch",
-        "split",
-        "train",
-        "evaluate",
-    }
+    assert ran_stages(run(root, "dvc", "repro", **login)) == set(STAGES)
     # What the README tells people to commit after a run: dvc.lock, metrics and models/run.json.
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "trained against the team server"], cwd=root, check=True)
@@ -155,7 +155,7 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
     import psycopg
 
     with psycopg.connect(
-        host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", passfile=server.pgpass
+        host="127.0.0.1", port=server.pg_port, user="mlflow", dbname="mlflow", passfile=server.root / "pgpass"
     ) as conn:
         status = conn.execute("SELECT status FROM runs WHERE run_uuid = %s", (info["run_id"],)).fetchone()
         steps = conn.execute(
@@ -163,7 +163,7 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
         ).fetchone()
     assert status == ("FINISHED",) and steps == (EPOCHS,)
     assert [a.path for a in client.list_artifacts(info["run_id"], "checkpoint")] == ["checkpoint/best.pt"]
-    stored = list(Path(server.artifacts_destination).rglob("checkpoint/best.pt"))
+    stored = list((server.root / "artifacts").rglob("checkpoint/best.pt"))
     assert len(stored) == 1 and info["run_id"] in stored[0].parts
     assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 
@@ -173,7 +173,7 @@ def test_registered_version_alias_predict_and_serve_through_the_server(
     project, server, login, client, photos, tmp_path
 ):
     info = run_info(project)
-    # The evaluate stage registers the version and decides its alias (the first one is champion).
+    # The pipeline registers the version and decides its alias (the first one is champion).
     decision = json.loads((project / "models" / "registry.json").read_text())
     version = client.get_model_version(MODEL, decision["version"])
     assert version.run_id == info["run_id"] and version.status == "READY"
@@ -185,65 +185,23 @@ def test_registered_version_alias_predict_and_serve_through_the_server(
     client.set_registered_model_alias(MODEL, "team-review", decision["version"])
     assert client.get_model_version_by_alias(MODEL, "team-review").version == decision["version"]
 
-    images = sorted((photos / "images").glob("*.jpg"))[:2]
-    predicted = run(
-        project,
-        sys.executable,
-        "-m",
-        "pipeline",
-        "predict",
-        *map(str, images),
-        "--model",
-        f"models:/{MODEL}@team-review",
-        "--out",
-        str(tmp_path / "masks"),
-        **login,
-    )
+    # predict resolves the alias and downloads the model's files through the tracking server.
+    image = sorted((photos / "images").glob("*.jpg"))[0]
+    predict = ["-m", "pipeline", "predict", str(image), "--model", f"models:/{MODEL}@team-review"]
+    predicted = run(project, sys.executable, *predict, "--out", str(tmp_path / "masks"), **login)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
-    for image in images:
-        assert cv2.imread(str(tmp_path / "masks" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
+    mask = cv2.imread(str(tmp_path / "masks" / f"{image.stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (64, 64)
 
-    # Serving resolves the alias and downloads the model through the tracking server.
-    port = free_port()
-    serving = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            f"models:/{MODEL}@team-review",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=environment(project, **login),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and serving.poll() is None:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        else:
-            os.killpg(serving.pid, signal.SIGKILL)
-            pytest.fail(f"mlflow models serve never answered /ping:\n{serving.communicate()[0][-3000:]}")
-    finally:
-        if serving.poll() is None:
-            os.killpg(serving.pid, signal.SIGTERM)
-        serving.wait(timeout=60)
+    # Serving loads the version's logged model by its ID (MLflow 3's models:/m-..., the version's
+    # source), through the server with the colleague's login (the client fixture holds it in the
+    # environment), and answers with predict's mask.
+    assert version.source.startswith("models:/m-")
+    with served(version.source, server.tracking_uri, tmp_path / "serve.log") as (base, _):
+        status, answer = post(f"{base}/invocations", {"inputs": [base64.b64encode(image.read_bytes()).decode()]})
+    assert status == 200, answer
+    png = np.frombuffer(base64.b64decode(answer["predictions"][0]), np.uint8)
+    assert np.array_equal(cv2.imdecode(png, cv2.IMREAD_GRAYSCALE), mask)
 
 
 @pytest.mark.e2e
@@ -315,16 +273,23 @@ def test_unauthenticated_clients_are_refused_and_secrets_are_private(server, log
     trained = run(project, sys.executable, "stages/train.py", MLFLOW_TRACKING_URI=server.tracking_uri)
     assert trained.returncode == 2 and "Traceback" not in trained.stderr
     assert "MLFLOW_TRACKING_USERNAME" in trained.stderr.strip().splitlines()[-1]
-    folder = Path(server.pgpass).parent
-    assert folder.stat().st_mode & 0o777 == 0o700
-    for secret in (folder / "admin-password", folder / "pgpass", folder / "flask-secret"):
-        assert secret.stat().st_mode & 0o777 == 0o600, secret
+    assert server.root.stat().st_mode & 0o777 == 0o700
+    for secret in SECRETS:
+        assert (server.root / secret).stat().st_mode & 0o777 == 0o600, secret
+
+    # status reports the running server; a second start finds it and starts nothing.
+    status = server.script("status")
+    assert status.returncode == 0 and status.stdout.startswith(f"{server.tracking_uri}: healthy"), status.stdout
+    pid = (server.root / "mlflow.pid").read_text()
+    again = server.script("start")
+    assert again.returncode == 0 and again.stdout.startswith("already running"), again.stderr
+    assert (server.root / "mlflow.pid").read_text() == pid
 
 
 def test_start_without_postgresql_says_how_to_install_it(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "start", "--dir", str(tmp_path / "tracking")],
-        env={**os.environ, "PG_BIN": str(tmp_path / "nowhere")},
+        [sys.executable, str(SCRIPT), "start"],
+        env={**os.environ, "PG_BIN": str(tmp_path / "nowhere"), "TRACKING_DIR": str(tmp_path / "tracking")},
         capture_output=True,
         text=True,
         timeout=60,
@@ -332,4 +297,4 @@ def test_start_without_postgresql_says_how_to_install_it(tmp_path):
     assert result.returncode == 2
     assert "PostgreSQL server programs (initdb, pg_ctl) not found" in result.stderr
     assert "apt-get install postgresql" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "tracking" / "pgdata").exists()
+    assert not (tmp_path / "tracking").exists()

@@ -141,8 +141,20 @@ def run_queued_experiments(project: Path, learning_rates: list[str], **extra: st
     before = len(experiment_refs(project))
     queued = run(project, "dvc", "exp", "run", "--queue", "-S", f"train.lr={','.join(learning_rates)}", **extra)
     assert queued.returncode == 0, queued.stderr
-    started = run(project, "dvc", "queue", "start", "--jobs", "2", **extra)
-    assert started.returncode == 0, started.stderr
+    # `dvc queue start` leaves its workers running with its own stdout and stderr: read through
+    # pipes (run()), the call would last as long as the last worker, and a worker whose idle
+    # monitor died (dvc-task's filesystem broker can fail it with a JSONDecodeError) never exits.
+    log = project / ".dvc" / "tmp" / "queue-start.log"
+    with log.open("w") as output:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "--jobs", "2"],
+            cwd=project,
+            env=environment(project, **extra),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
+    assert started.returncode == 0, log.read_text()
     deadline = time.monotonic() + 480
     status, asked = "", 0.0
     while time.monotonic() < deadline:
@@ -157,5 +169,7 @@ def run_queued_experiments(project: Path, learning_rates: list[str], **extra: st
             if status.count("Success") + status.count("Failed") >= len(learning_rates):
                 break
         time.sleep(1)
+    # Shut down the idle workers, also one that would not stop by itself, before the caller goes on.
+    run(project, "dvc", "queue", "stop")
     succeeded = status.count("Success") == len(learning_rates) and "Failed" not in status
     assert succeeded, status + run(project, "dvc", "queue", "logs", "-h").stdout
