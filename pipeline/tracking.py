@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -58,10 +60,41 @@ def project_root() -> Path:
 
 
 def tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the project's embedded SQLite store (absolute path)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{project_root() / TRACKING_DB}"
+    """``MLFLOW_TRACKING_URI`` if set, else the project's embedded SQLite store (absolute path).
+
+    A local store (``sqlite:///FILE``, ``file:///FOLDER`` or a bare path) must go in a folder that
+    exists: MLflow would create every missing folder on the way and start an empty store there,
+    which a typo in the variable turns into runs and models logged where nobody looks.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{project_root() / TRACKING_DB}"
+    folder = _local_store_folder(uri)
+    if folder is not None and not folder.is_dir():
+        fixes = f"correct the variable, or unset it to use the project's store ({TRACKING_DB}). Nothing was done."
+        if folder.exists():
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: {folder} is a file, not a folder; {fixes}")
+        raise TrackingError(
+            f"MLFLOW_TRACKING_URI={uri}: the folder {folder} does not exist, and MLflow would start a new, "
+            f"empty store there; create it first (mkdir -p {shlex.quote(str(folder))}), or {fixes}"
+        )
+    return uri
+
+
+def _local_store_folder(uri: str) -> Path | None:
+    """The folder that must hold a local store's file (SQLite) or folder (file store); None for a
+    server, another database, or an in-memory SQLite store."""
+    scheme, colon, rest = uri.partition(":")
+    if not colon or len(scheme) == 1:  # a bare path (a drive letter on Windows)
+        return Path(uri).absolute().parent
+    if scheme == "file":
+        return Path(urllib.parse.urlparse(uri).path).absolute().parent
+    if scheme == "sqlite" and rest.startswith("///"):
+        path = rest.removeprefix("///").split("?", 1)[0]
+        if path in ("", ":memory:") or path.startswith("file:"):
+            return None  # in memory, or SQLite's own URI form, which SQLite resolves itself
+        return Path(path).absolute().parent
+    return None
 
 
 def _check_server(uri: str) -> None:

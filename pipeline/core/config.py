@@ -191,9 +191,64 @@ class EvaluateConfig(_Section):
         raise ValueError("must be 'auto' (tuned on the validation split) or a probability strictly between 0 and 1")
 
 
+# What MLflow refuses in names, encoded here because core does not import mlflow (the rules of
+# mlflow.utils.validation, MLflow 3: _validate_experiment_name and _validate_model_name; a test
+# holds these against MLflow's own validators). Its SQL stores keep both names in VARCHAR(256)
+# columns, which PostgreSQL and MySQL enforce (SQLite does not): the limit that bites first.
+MLFLOW_NAME_MAX_LENGTH = 256
+MODEL_NAME_FORBIDDEN = ("/", ":")
+
+
+def experiment_name_problem(name: str) -> str | None:
+    """Why MLflow (or its database) would refuse ``name`` as an experiment name; None if it would not."""
+    if not name.strip():
+        return "must be a name, not blank"
+    if len(name) > MLFLOW_NAME_MAX_LENGTH:
+        return f"is {len(name)} characters long; MLflow's stores hold at most {MLFLOW_NAME_MAX_LENGTH}"
+    return None
+
+
+def registered_model_name_problem(name: str) -> str | None:
+    """Why MLflow (or its database, or a ``models:/NAME@alias`` URI) would refuse ``name`` as a
+    registered model name; None if it would not."""
+    if not name.strip():
+        return "must be a name, not blank"
+    found = [char for char in MODEL_NAME_FORBIDDEN if char in name]
+    if found:
+        shown = " and ".join(repr(char) for char in found)
+        fixed = name
+        for char in MODEL_NAME_FORBIDDEN:
+            fixed = fixed.replace(char, "-")
+        return f"contains {shown}: MLflow refuses '/' and ':' in registered model names; write e.g. {fixed!r}"
+    if name == "." or name.startswith(".."):
+        return "MLflow refuses '.' and names starting with '..' (they read as folders); start with a letter or digit"
+    if "?" in name:
+        # urllib reads what follows '?' as a query: models:/a?b@champion would look up model 'a'.
+        return "contains '?', which cuts the name short in a models:/NAME@champion URI; leave it out"
+    if len(name) > MLFLOW_NAME_MAX_LENGTH:
+        return f"is {len(name)} characters long; MLflow's registry holds at most {MLFLOW_NAME_MAX_LENGTH}"
+    return None
+
+
 class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
+
+    @field_validator("experiment")
+    @classmethod
+    def _usable_experiment(cls, value: str) -> str:
+        problem = experiment_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("registered_model")
+    @classmethod
+    def _usable_model_name(cls, value: str) -> str:
+        problem = registered_model_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Config(_Section):

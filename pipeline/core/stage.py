@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from .errors import PipelineError
+from .errors import PipelineError, storage_error, write_failure
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -55,3 +57,15 @@ def run_stage(name: str, main: Callable[[], None], description: str) -> None:
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt as exc:
         exit_interrupted(name, str(exc))
+    except OSError as exc:
+        # Disk full, read-only or not writable, anywhere: the user's to fix, not a bug. (The atomic
+        # writers of core/files.py already raise these as StorageError naming the target.)
+        if not write_failure(exc):
+            raise
+        if exc.errno in (errno.EACCES, errno.EPERM):  # a read or a write: say only what was refused
+            shown = os.fsdecode(exc.filename) if exc.filename is not None else "a file"
+            message = f"permission denied: {shown}; check its (and its folder's) permissions for this user"
+        else:
+            message = str(storage_error(exc, exc.filename))
+        print(f"{name}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

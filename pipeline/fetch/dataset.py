@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..core.errors import FetchError
+from ..core.errors import FetchError, write_failure
 from ..core.files import atomic_dir, read_json, sha256_file, write_json
 from . import archive, folder, synthetic
 from .download import DownloadError, download
@@ -99,8 +99,7 @@ def _fetch_verified(source: str, staging: Path, *, manifest: Path | None, cache_
         except FetchError:
             if is_url(source):
                 # A corrupt cached download must not be reused by the next attempt.
-                _cached_download(source, cache_dir).unlink(missing_ok=True)
-                _cache_record(_cached_download(source, cache_dir)).unlink(missing_ok=True)
+                _drop_cached(_cached_download(source, cache_dir))
             raise
 
 
@@ -136,26 +135,20 @@ def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
                 f"fetch: warning: data.source {source} is plain http: anyone on the way can change the download. "
                 "Use https, or check the files with data.manifest."
             )
-        cached = _cached_download(source, cache_dir)
-        if not _cache_intact(cached):
-            try:
-                download(source, cached)
-            except DownloadError as exc:
-                raise FetchError(f"could not download data.source: {exc}\n{OFFLINE_HINT}") from None
-            write_json(_cache_record(cached), {"bytes": cached.stat().st_size, "sha256": sha256_file(cached)})
-        _extract(cached, workdir)
+        _extract_download(source, workdir, cache_dir)
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise FetchError(f"data.source: {source} does not exist (resolved to {path.resolve()}).\n{OFFLINE_HINT}")
         if path.is_dir():
             folder.copy_folder(path, workdir)
-        elif archive.is_archive(path):
-            _extract(path, workdir)
         else:
-            raise FetchError(
-                f"data.source: {source} is neither a folder nor a {'/'.join(archive.ARCHIVE_SUFFIXES)} archive"
-            )
+            try:
+                _extract(path, workdir)
+            except archive.NotAnArchiveError as exc:
+                raise FetchError(
+                    f"data.source: {source} is neither a folder nor a zip or tar archive: {str(exc).split(': ', 1)[1]}"
+                ) from None
     _remove_junk(workdir)
     _check_names(workdir, source)
     entries = list(workdir.iterdir())
@@ -163,12 +156,52 @@ def _unpack(source: str, workdir: Path, cache_dir: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else workdir
 
 
+def _drop_cached(cached: Path) -> None:
+    cached.unlink(missing_ok=True)
+    _cache_record(cached).unlink(missing_ok=True)
+
+
+def _extract_download(url: str, workdir: Path, cache_dir: Path) -> None:
+    """Download ``url`` (or reuse its cached copy) and extract it into ``workdir``.
+
+    Only a readable archive stays in the cache: what the server sent is checked by content
+    (an HTML page answered with status 200 is not a dataset), and a cached copy that is not an
+    archive, or fails to extract, is deleted so that the next run asks the server again."""
+    cached = _cached_download(url, cache_dir)
+    if _cache_intact(cached) and archive.archive_kind(cached) is None:
+        print(f"fetch: the cached download {cached} is not an archive; downloading again")
+        _drop_cached(cached)
+    if not cached.exists():
+        try:
+            download(url, cached)
+        except DownloadError as exc:
+            raise FetchError(f"could not download data.source: {exc}\n{OFFLINE_HINT}") from None
+        if archive.archive_kind(cached) is None:
+            what = archive.describe_content(cached)
+            _drop_cached(cached)
+            raise FetchError(
+                f"data.source: {url} answered {what}, not a zip or tar archive; nothing was cached. "
+                "Check the URL in a browser: it must download the archive itself"
+            )
+        write_json(_cache_record(cached), {"bytes": cached.stat().st_size, "sha256": sha256_file(cached)})
+    try:
+        _extract(cached, workdir)
+    except FetchError:
+        _drop_cached(cached)  # unreadable or unsafe: never reused
+        raise
+
+
 def _extract(path: Path, workdir: Path) -> None:
     try:
         archive.extract(path, workdir)
     except archive.UnsafeArchiveError as exc:
         raise FetchError(str(exc)) from None
-    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
+    except OSError as exc:
+        written = exc.filename is None or Path(os.fsdecode(exc.filename)).is_relative_to(workdir)
+        if write_failure(exc) and written:
+            raise  # disk full, read-only: the target's problem (core/files.py names it), not the archive's
+        raise FetchError(f"{path}: cannot read archive ({exc})") from None
+    except (EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
         raise FetchError(f"{path}: cannot read archive ({exc})") from None
 
 

@@ -43,7 +43,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelError(f"{path}: checkpoint not found (has the train stage run?)") from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        # Some (weights_only's refusal of a pickled class) run to pages of advice: the first line says it.
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{path}: not a checkpoint written by this pipeline (expected format {CHECKPOINT_FORMAT})")
     missing = [key for key in REQUIRED_KEYS if key not in payload]
@@ -79,8 +81,45 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{path}: its metadata does not describe a model this pipeline can build ({detail}); "
             "use a checkpoint written by the train stage"
         ) from None
+    misfit = weights_misfit(model, payload["state_dict"])
+    if misfit:
+        raise ModelError(f"{path}: weights do not fit the model described in it: {misfit}")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ModelError(f"{path}: weights do not fit the model described in it: {exc}") from None
+        detail = str(exc).splitlines()[0][:200]
+        raise ModelError(f"{path}: weights do not fit the model described in it ({detail})") from None
     return model.eval(), payload
+
+
+def _first(names: list[str], shown: int = 3) -> str:
+    listed = ", ".join(name[:60] for name in names[:shown])
+    return listed + (", ..." if len(names) > shown else "")
+
+
+def weights_misfit(model: nn.Module, state_dict: Any) -> str | None:
+    """What keeps ``state_dict`` from loading into ``model``, in one short line (the first few
+    tensor names and the counts, never the whole list), or None if it fits."""
+    if not isinstance(state_dict, dict):
+        return f"its state_dict is a {type(state_dict).__name__}, not a mapping of tensors"
+    expected = model.state_dict()
+    unknown = [str(key) for key in state_dict if key not in expected]
+    missing = [key for key in expected if key not in state_dict]
+    wrong = [
+        key
+        for key, tensor in state_dict.items()
+        if key in expected and (not isinstance(tensor, torch.Tensor) or tensor.shape != expected[key].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {len(expected)} tensors missing ({_first(missing)})")
+    if unknown:
+        parts.append(f"{len(unknown)} of its {len(state_dict)} tensors unknown to the model ({_first(unknown)})")
+    if wrong:
+        key = wrong[0]
+        given = state_dict[key]
+        got = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+        parts.append(
+            f"{len(wrong)} tensors of another shape ({key[:60]}: {got}, the model's {tuple(expected[key].shape)})"
+        )
+    return "; ".join(parts) + "; use a checkpoint written by the train stage" if parts else None

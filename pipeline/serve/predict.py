@@ -115,6 +115,53 @@ def load_segmenter(model_ref: str, *, threshold: float | None, device: str, back
     return load_predictor(model_ref, threshold=threshold, device=device)
 
 
+def _planned_outputs(files: list[Path], suffixes: list[str]) -> list[dict[str, str]]:
+    """The output names of each file, in order, given before any is decoded: a file that turns out
+    not to decode keeps its names, so the names never depend on which files are readable."""
+    used: set[str] = set()
+    return [_output_names(path.stem, suffixes, used) for path in files]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def refuse_overwriting_inputs(files: list[Path], out_dir: Path, outputs: list[dict[str, str]]) -> None:
+    """Refuse, before anything is written, any output that is an input file: the same path once
+    symbolic links and ``..`` are resolved, or (for a file already there) the same file, such as a
+    hard link. ``--out`` the input folder, a link to it or a parent of a searched folder all end
+    here when a name meets an input's."""
+    inputs = {path.resolve(): path for path in files}
+    by_identity = {identity: path for path in files if (identity := _identity(path)) is not None}
+    folder = out_dir.resolve()
+    clashes: list[tuple[Path, str]] = []
+    for names in outputs:
+        for name in names.values():
+            target = folder / name
+            hit = inputs.get(target.resolve()) or (by_identity.get(_identity(target)) if target.exists() else None)
+            if hit is not None:
+                clashes.append((hit, name))
+    if clashes:
+        (source, name), more = clashes[0], len(clashes) - 1
+        others = f" (and {more} more input file{'s' * (more > 1)})" if more else ""
+        raise DataError(
+            f"--out {out_dir}: its {name} would replace the input file {source}{others}; "
+            "nothing was written: choose an --out folder that holds no input images"
+        )
+
+
+def output_suffixes(predictor: Segmenter, *, with_overlay: bool, with_probabilities: bool) -> list[str]:
+    return [
+        "",
+        *(["_overlay"] if with_overlay else []),
+        *(soft_mask_suffixes(predictor.classes) if with_probabilities else []),
+    ]
+
+
 def predict_files(
     predictor: Segmenter,
     files: list[Path],
@@ -126,30 +173,27 @@ def predict_files(
 ) -> tuple[list[Path], list[str]]:
     """Write ``<stem>.png`` masks (original size; 0/255 for binary, class ids otherwise) into ``out_dir``,
     with ``with_probabilities`` also 8-bit soft masks; bad files are reported, not fatal: the others
-    still get their masks."""
+    still get their masks. Refuses (DataError, nothing written) when any output would replace an input."""
     written: list[Path] = []
     failures: list[str] = []
-    used: set[str] = set()
-    suffixes = [
-        "",
-        *(["_overlay"] if with_overlay else []),
-        *(soft_mask_suffixes(predictor.classes) if with_probabilities else []),
-    ]
+    suffixes = output_suffixes(predictor, with_overlay=with_overlay, with_probabilities=with_probabilities)
+    outputs = _planned_outputs(files, suffixes)
+    refuse_overwriting_inputs(files, out_dir, outputs)
     progress = tqdm(total=len(files), desc="predict", unit="image")
 
-    def decoded() -> Iterator[tuple[Path, np.ndarray]]:
-        for path in files:
+    def decoded() -> Iterator[tuple[int, np.ndarray]]:
+        for index, path in enumerate(files):
             try:
-                yield path, decode_image(path.read_bytes(), path)
+                yield index, decode_image(path.read_bytes(), path)
             except (DataError, OSError) as exc:
                 failures.append(f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
                 progress.update(1)
 
     for batch in image_batches(decoded(), batch_size):
-        for (path, image), probabilities in zip(
+        for (index, image), probabilities in zip(
             batch, predictor.probabilities([image for _, image in batch]), strict=True
         ):
-            names = _output_names(path.stem, suffixes, used)
+            names = outputs[index]
             classes_map = class_map(probabilities, predictor.threshold)
             write_png(out_dir / names[""], predictor.mask_values(classes_map))
             if with_overlay:

@@ -16,24 +16,40 @@ Request bodies ``mlflow models serve`` accepts (POST /invocations, JSON):
 - ``{"inputs": <N x H x W x 3 (or 4, or no channel axis) pixel values 0-255>}``:
   each answer is an H x W array of the same values.
 
-Anything else is answered with HTTP 400 and a message saying what is wrong with which image
-(never echoing the request). Images larger than ``MAX_IMAGE_PIXELS`` (pipeline/core/images.py)
-are refused from their header, before decoding; a request is decoded and run ``INFERENCE_BATCH``
-images at a time, so its memory does not grow with its image count.
+Anything else is answered with HTTP 400 and a one-line message saying what is wrong with which
+image, quoting at most ``QUOTED_CHARS`` characters of what was sent: pixel values that are not
+whole numbers 0-255 (NaN and infinity included), or not numbers at all, are refused. Images
+larger than ``MAX_IMAGE_PIXELS`` (pipeline/core/images.py) are refused from their header, before
+decoding; a request is decoded and run ``INFERENCE_BATCH`` images at a time, so its memory does
+not grow with its image count.
+
+Under ``mlflow models serve`` (the scoring server imported before the model is loaded) two more
+bounds hold: a request body larger than ``$SERVE_MAX_REQUEST_MB`` (default
+``DEFAULT_MAX_REQUEST_MB``) is refused before MLflow parses it, and a request stops, between two
+images, once it has run for ``DEADLINE_SHARE`` of the server's request timeout
+(``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``, ``mlflow models serve --timeout``), answered with
+HTTP 504: the server's own timeout answers the client but leaves the work running.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import DEADLINE_EXCEEDED, INVALID_PARAMETER_VALUE
 
 from pipeline.core.errors import DataError
 from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS, decode_image
@@ -41,6 +57,17 @@ from pipeline.serve.onnx_backend import ONNX_ARTIFACT, OnnxSegmenter
 from pipeline.serve.segmenter import image_batches
 
 IMAGE_COLUMN = "image"
+# The most of a request (or of MLflow's own message about it) an error message quotes.
+QUOTED_CHARS = 200
+# Request bodies above this many MiB are refused unread by MLflow: parsed, a body takes several
+# times its size (a JSON string becomes a NumPy array of 4 bytes per character). 20 MiB holds
+# two 5 MB phone photos in base64; a client sends more photos in more requests.
+MAX_REQUEST_ENV = "SERVE_MAX_REQUEST_MB"
+DEFAULT_MAX_REQUEST_MB = 20
+# The part of the scoring server's request timeout a request may run before it stops.
+DEADLINE_SHARE = 0.9
+# When the request being answered must stop (time.monotonic()); None outside the scoring server.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 
 class BadPayload(MlflowException):
@@ -50,8 +77,8 @@ class BadPayload(MlflowException):
     ``Failed to predict data '<the whole request>'``, which would send megabytes of base64 back
     (and into its logs)."""
 
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, message: str, error_code: int = INVALID_PARAMETER_VALUE):
+        super().__init__(message, error_code=error_code)
 
     @property
     def message(self) -> str:
@@ -63,18 +90,43 @@ class BadPayload(MlflowException):
             self._message = value
 
 
+def shortened(text: str, limit: int = QUOTED_CHARS) -> str:
+    """The first line of ``text``, cut to ``limit`` characters (saying how long it was)."""
+    line = text.strip().split("\n", 1)[0]
+    if len(line) <= limit and len(line) == len(text.strip()):
+        return line
+    return f"{line[:limit]}... ({len(text):,} characters in all)"
+
+
+def _as_array(item: object, where: str) -> np.ndarray:
+    try:
+        return np.asarray(item)
+    except (ValueError, TypeError):  # ragged rows: numpy refuses them
+        raise BadPayload(f"{where}: pixel rows or columns of different lengths") from None
+
+
 def _pixels(array: np.ndarray, where: str) -> np.ndarray:
-    """An RGB uint8 image from a pixel array of shape HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped)."""
-    if not np.issubdtype(array.dtype, np.number) or array.ndim not in (2, 3):
-        raise BadPayload(f"{where}: expected pixel values of shape HxW or HxWxC, got {array.dtype} {array.shape}")
+    """An RGB uint8 image from a pixel array of shape HxW, HxWx1, HxWx3 or HxWx4 (alpha dropped):
+    whole numbers 0-255, as integers or floats."""
+    numeric = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if not numeric or array.ndim not in (2, 3):
+        kind = array.dtype if numeric or array.dtype.kind in "biufc" else "non-numeric values"
+        raise BadPayload(f"{where}: expected pixel values 0-255 of shape HxW or HxWxC, got {kind} {array.shape}")
     if array.ndim == 3 and array.shape[2] not in (1, 3, 4):
         raise BadPayload(f"{where}: expected 1, 3 or 4 channels, got {array.shape[2]}")
     if array.shape[0] * array.shape[1] > MAX_IMAGE_PIXELS:
         raise BadPayload(
             f"{where}: {array.shape[1]}x{array.shape[0]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,}"
         )
-    if array.size == 0 or array.min() < 0 or array.max() > 255:
-        raise BadPayload(f"{where}: pixel values must lie in 0-255")
+    if array.size == 0:
+        raise BadPayload(f"{where}: no pixels")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise BadPayload(f"{where}: pixel values must be whole numbers 0-255, got NaN or infinity")
+        if not np.array_equal(array, np.trunc(array)):
+            raise BadPayload(f"{where}: pixel values must be whole numbers 0-255, got fractions (send 0-255, not 0-1)")
+    if array.min() < 0 or array.max() > 255:
+        raise BadPayload(f"{where}: pixel values must lie in 0-255, got {array.min():g} to {array.max():g}")
     image = array.astype(np.uint8)
     if image.ndim == 2 or image.shape[2] == 1:
         return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
@@ -130,7 +182,73 @@ def request_images(model_input: object) -> tuple[list, bool]:
 
 def read_image(item: object, index: int, encoded: bool) -> np.ndarray:
     """One item of a request as an RGB uint8 image."""
-    return _decoded(item, f"image {index}") if encoded else _pixels(np.asarray(item), f"image {index}")
+    where = f"image {index}"
+    return _decoded(item, where) if encoded else _pixels(_as_array(item, where), where)
+
+
+def _check_deadline(index: int, count: int) -> None:
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() > deadline:
+        timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
+        raise BadPayload(
+            f"stopped before image {index} of {count}: the request ran into the server's limit of {timeout} s "
+            "(mlflow models serve --timeout); send fewer or smaller images per request",
+            error_code=DEADLINE_EXCEEDED,
+        )
+
+
+def max_request_bytes() -> int:
+    """``$SERVE_MAX_REQUEST_MB`` (a positive number of MiB) in bytes, else DEFAULT_MAX_REQUEST_MB's."""
+    value = os.environ.get(MAX_REQUEST_ENV, "")
+    try:
+        megabytes = float(value) if value.strip() else DEFAULT_MAX_REQUEST_MB
+    except ValueError:
+        megabytes = DEFAULT_MAX_REQUEST_MB
+    if not megabytes > 0:
+        megabytes = DEFAULT_MAX_REQUEST_MB
+    return int(megabytes * 2**20)
+
+
+def bounded(invocations: Callable) -> Callable:
+    """The scoring server's ``invocations(data, content_type, model, input_schema)`` with this
+    model's bounds: a body over ``max_request_bytes()`` refused before it is parsed, the deadline
+    of the request set for ``predict``, and MLflow's own error messages (which can quote the whole
+    body, as its refusal of malformed JSON does) cut to one short line."""
+    if getattr(invocations, "bounded", False):
+        return invocations
+
+    @functools.wraps(invocations)
+    def bounded_invocations(data, content_type, model, input_schema):
+        limit = max_request_bytes()
+        if len(data) > limit:
+            raise BadPayload(
+                f"request of {len(data) / 2**20:.1f} MiB is larger than the limit of {limit / 2**20:g} MiB "
+                f"({MAX_REQUEST_ENV} on the server); send fewer or smaller images per request"
+            )
+        timeout = MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()
+        token = _deadline.set(time.monotonic() + DEADLINE_SHARE * timeout if timeout else None)
+        try:
+            return invocations(data, content_type, model, input_schema)
+        except BadPayload:
+            raise
+        except MlflowException as exc:
+            exc.message = shortened(exc.message)
+            if "stack_trace" in exc.json_kwargs:
+                exc.json_kwargs["stack_trace"] = exc.json_kwargs["stack_trace"][-2000:]
+            raise
+        finally:
+            _deadline.reset(token)
+
+    bounded_invocations.bounded = True
+    return bounded_invocations
+
+
+def _bound_the_scoring_server() -> None:
+    """Wrap ``mlflow models serve``'s request handling (looked up by name for each request) when
+    this process is that server: its app imports the scoring server before loading the model."""
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    if server is not None and callable(getattr(server, "invocations", None)):
+        server.invocations = bounded(server.invocations)
 
 
 def encode_png(mask: np.ndarray) -> str:
@@ -144,6 +262,7 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         # The threshold and TTA are in the file's metadata, as evaluate exported it.
         self.predictor = OnnxSegmenter.load(Path(context.artifacts[ONNX_ARTIFACT]))
+        _bound_the_scoring_server()
 
     # MLflow derives a signature from a list[...] annotation and then converts or rejects the
     # other payload forms before they get here. np.ndarray (what the scoring server makes of
@@ -152,9 +271,14 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     # request_images checks itself. registry.register_model states the signature instead.
     def predict(self, context, model_input: np.ndarray, params=None) -> list:
         items, encoded = request_images(model_input)
-        decoded = ((index, read_image(item, index, encoded)) for index, item in enumerate(items))
+
+        def decoded():
+            for index, item in enumerate(items):
+                _check_deadline(index, len(items))
+                yield index, read_image(item, index, encoded)
+
         answers = []
-        for batch in image_batches(decoded, INFERENCE_BATCH):
+        for batch in image_batches(decoded(), INFERENCE_BATCH):
             masks = self.predictor.masks([image for _, image in batch])
             answers += [encode_png(mask) for mask in masks] if encoded else masks
         return answers

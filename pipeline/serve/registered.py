@@ -7,10 +7,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
+import requests
 from ruamel.yaml import YAML, YAMLError
 
 from ..core.errors import ModelError
-from ..tracking import tracking_uri
+from ..tracking import HEALTH_TIMEOUT_S, tracking_uri
 
 # The registered version's artifact that holds the weights, for `predict --backend torch`
 # (pipeline/register/registry.py logs it); the ONNX file's is onnx_backend.ONNX_ARTIFACT.
@@ -34,9 +35,27 @@ def _description(model_ref: str, dst: Path) -> dict[str, Any]:
     return flavour
 
 
+def _check_reachable(model_ref: str) -> None:
+    """Ask the tracking and registry servers once each, within HEALTH_TIMEOUT_S, before MLflow's
+    own client, which retries a dead server for minutes in silence."""
+    servers = {mlflow.get_registry_uri(): "MLFLOW_REGISTRY_URI", mlflow.get_tracking_uri(): "MLFLOW_TRACKING_URI"}
+    for uri, variable in servers.items():
+        if not uri.startswith(("http://", "https://")):
+            continue
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S).raise_for_status()
+        except requests.RequestException as exc:
+            raise ModelError(
+                f"--model {model_ref}: MLflow server {uri} ({variable}) is unreachable: {type(exc).__name__}; "
+                f"start it, or point {variable} at the store that holds the model"
+            ) from None
+
+
 def registered_artifacts(model_ref: str, names: tuple[str, ...], dst: Path) -> dict[str, Path | None]:
-    """The version's artifacts ``names`` downloaded into ``dst`` (None for one it does not have)."""
+    """The version's artifacts ``names`` downloaded into ``dst`` (None for one it does not have);
+    an unreachable server is refused within seconds."""
     mlflow.set_tracking_uri(tracking_uri())
+    _check_reachable(model_ref)
     entries = _description(model_ref, dst).get("artifacts") or {}
     return {name: _download(model_ref, name, entries.get(name), dst) for name in names}
 

@@ -27,7 +27,7 @@ from ..core.splits import SPLITS, SplitInfo, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
 from .samples import read_pair
-from .splitting import split_pairs
+from .splitting import check_split_sizes, split_pairs, unit_count
 
 
 @dataclass
@@ -71,7 +71,10 @@ def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Prepa
         masks.append(resized["mask"])
         height, width = sample.image.shape[:2]
         foreground = float((resized["mask"] > 0).mean())
-        records.append(PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs)))
+        present = tuple(int(class_id) for class_id in np.unique(resized["mask"]))  # as training sees it
+        records.append(
+            PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs), present)
+        )
     shape = (0, image_size, image_size)
     data = PreparedData(
         [record.id for record in records],
@@ -105,8 +108,11 @@ def build_split(
     check_policy(bad, data_cfg.on_bad_sample)
     if not prepared.records:
         raise DataError(f"{raw_dir}: no usable image/mask pairs found")
+    foreground = {record.id: record.foreground for record in prepared.records}
+    # Before anything is written: a refused split leaves the previous one as it was.
+    check_split_sizes(unit_count(foreground, prepared.duplicates), split_cfg.val_fraction, split_cfg.test_fraction)
     assignment = split_pairs(
-        {record.id: record.foreground for record in prepared.records},
+        foreground,
         prepared.duplicates,
         val_fraction=split_cfg.val_fraction,
         test_fraction=split_cfg.test_fraction,
@@ -134,6 +140,7 @@ def build_split(
         duplicates=prepared.duplicates,
         assignment=assignment,
         data_hash=prepared.data.content_hash,
+        classes=classes.names,
     )
     write_json(report_path, report)
     return report

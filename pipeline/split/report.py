@@ -1,7 +1,11 @@
 """The data report: what split found, repaired, skipped and how it divided the pairs.
 
 This module holds the report's records and turns them into ``data/report.json`` (with the
-headline numbers the training stage logs to its run) and a short human summary.
+headline numbers the training stage logs to its run) and a short human summary. Data that
+trains but cannot be measured well is not refused but warned about, in the report's
+``warnings`` and in the summary: every mask empty, every mask all foreground, a class that
+no mask (or no mask of one split) holds, a validation or test split of few pairs, photos
+whose EXIF orientation could not be settled.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.splits import SPLITS
+from .splitting import FEW_HELD_OUT
+
+# The repair kind of a photo whose EXIF orientation was left unapplied because the mask's shape
+# cannot tell which orientation it was drawn on (samples.py).
+EXIF_AMBIGUOUS = "exif_ambiguous"
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,7 @@ class PairRecord:
     height: int
     foreground: float  # share of mask pixels that are foreground, at data.image_size
     repairs: tuple[Repair, ...] = field(default=())
+    classes: tuple[int, ...] = field(default=())  # the class ids its mask holds, at data.image_size
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -83,6 +93,70 @@ def _foreground_by_split(records: Sequence[PairRecord], assignment: Mapping[str,
     return summary
 
 
+def _masks_with_class(
+    records: Sequence[PairRecord], assignment: Mapping[str, Sequence[str]], classes: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Per class, in class order: how many masks of each split hold at least one of its pixels."""
+    present = {record.id: set(record.classes) for record in records}
+    return {
+        name: {split: sum(class_id in present[id_] for id_ in assignment[split]) for split in SPLITS}
+        for class_id, name in enumerate(classes)
+    }
+
+
+def _warnings(report: Mapping[str, Any], classes: Sequence[str]) -> list[str]:
+    """What makes the numbers of a training on this data mean little, each with what to check."""
+    warnings = []
+    holding = {name: sum(by_split.values()) for name, by_split in report["masks_with_class"].items()}
+    background, foreground = classes[0], classes[1:]
+    covered = set()
+    if not any(holding[name] for name in foreground):
+        covered |= set(foreground)
+        warnings.append(
+            "every mask is empty (background only): there is nothing to learn and no foreground score means anything; "
+            "check that the masks mark the objects (0/255 or 0/1 for two classes, class ids or data.palette for more)"
+        )
+    if not holding[background]:
+        covered.add(background)
+        warnings.append(
+            f"every mask is {' or '.join(foreground)} from edge to edge (no {background} pixel anywhere): "
+            "a model that marks everything scores perfectly; check that the masks are not inverted or filled"
+        )
+    for name in classes:
+        if name in covered:
+            continue
+        if not holding[name]:
+            warnings.append(
+                f"class {name!r} (data.classes) appears in no mask: the model cannot learn it and its scores are "
+                "not measured; check the masks' values, or remove it from data.classes"
+            )
+            continue
+        for split, count in report["masks_with_class"][name].items():
+            if not count:
+                effect = (
+                    "the model never sees it in training"
+                    if split == "train"
+                    else f"its {split} score is not measured"
+                    + (" and the threshold and epoch are chosen without it" if split == "val" else "")
+                )
+                warnings.append(f"class {name!r} appears in no {split} mask: {effect}")
+    for split in ("val", "test"):
+        count = report["split"][split]
+        if count < FEW_HELD_OUT:
+            warnings.append(
+                f"{split} holds only {count} pairs: its scores are rough (one image moves a mean by up to "
+                f"{1 / count:.0%}); more pairs or a larger split.{split}_fraction make them firmer"
+            )
+    ambiguous = report["repairs_by_kind"].get(EXIF_AMBIGUOUS, 0)
+    if ambiguous:
+        warnings.append(
+            f"{ambiguous} photo(s) carry an EXIF rotation that their square or same-shaped masks cannot confirm: "
+            "kept as stored, like their masks (listed under 'repaired' in data/report.json); if the masks were "
+            "drawn on the photos as viewers show them, save those photos upright without the EXIF tag"
+        )
+    return warnings
+
+
 def build_report(
     *,
     root: Path,
@@ -95,6 +169,7 @@ def build_report(
     duplicates: Sequence[Sequence[str]],
     assignment: Mapping[str, Sequence[str]],
     data_hash: str,
+    classes: Sequence[str],
 ) -> dict[str, Any]:
     """The content of ``data/report.json``: every list sorted, so unchanged data gives identical bytes."""
     split_of = {id_: name for name, ids in assignment.items() for id_ in ids}
@@ -110,6 +185,7 @@ def build_report(
         "split": {name: len(assignment[name]) for name in SPLITS},
         "image_size": _size_distribution(records),
         "foreground_fraction": _foreground_by_split(records, assignment),
+        "masks_with_class": _masks_with_class(records, assignment, classes),
         "duplicates": [
             {"ids": list(group), "split": split_of[group[0]]} for group in sorted(sorted(group) for group in duplicates)
         ],
@@ -132,6 +208,7 @@ def build_report(
         ],
         "ignored_files": sorted(_relative(path, root) for path in ignored),
     }
+    report["warnings"] = _warnings(report, classes)
     # Training logs these with its run; reading them from the file keeps this module out of its dependencies.
     report["headline"] = _headline(report)
     return report
@@ -177,6 +254,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append(
             f"exact duplicate images, each group kept in one split: {shown}" + (" ..." if len(duplicates) > 5 else "")
         )
+    lines.extend(f"warning: {warning}" for warning in report["warnings"])
     return "\n".join(lines)
 
 

@@ -5,6 +5,11 @@ orientation applied), so a model sees the same pixels in training and in use. Wh
 that decoding changes (grey to RGB, alpha dropped, 16 bits to 8, rotation) is recorded
 as a repair. Masks are read with their true depth and values and without rotation, and
 turned into class ids as ``data.classes`` and ``data.palette`` say they encode them.
+
+An EXIF orientation is applied where the mask's shape shows it was drawn on the upright
+photo, and ignored where it shows the stored one. Where the mask fits both (a square photo,
+or a flip or half turn, orientations 2-4, which keep the shape), the photo is kept as
+stored, like its mask, and the repair says so: a guess would put the mask on a turned photo.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ..core.classes import ClassSpec, Colour
 from ..core.errors import DataError
 from ..core.images import check_pixels, decode_image
 from .layouts import Pair
-from .report import BadSample, Repair
+from .report import EXIF_AMBIGUOUS, BadSample, Repair
 
 EXIF_ORIENTATION = 0x0112
 # Anti-aliased edges and JPEG noise put a few pixels between 0 and full scale. When more
@@ -107,17 +112,21 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
     if orientation == 1:
         return upright, repairs
     stored = raw.shape[:2]
-    if (
-        stored != upright.shape[:2]
-        and _same_picture(stored, mask_shape)
-        and not _same_picture(upright.shape[:2], mask_shape)
-    ):
+    fits_stored, fits_upright = _same_picture(stored, mask_shape), _same_picture(upright.shape[:2], mask_shape)
+    if fits_stored and fits_upright:
+        # Square, or a flip or half turn (the shape stays): the mask's shape cannot tell which photo it was
+        # drawn on. Keep the pixels as stored, as the mask is read, and say so.
+        return _as_stored(data), repairs + [
+            Repair(
+                EXIF_AMBIGUOUS,
+                f"EXIF orientation {orientation} not applied: the mask fits the {stored[1]}x{stored[0]} photo "
+                "stored or upright, so its shape cannot tell which one it was drawn on; kept as stored, like the "
+                "mask (if the mask follows the upright photo, save the photo upright without the EXIF tag)",
+            )
+        ]
+    if fits_stored:
         # The mask was drawn on the pixels as stored, not as viewers show them.
-        image = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
-            cv2.COLOR_BGR2RGB,
-        )
-        return image, repairs + [
+        return _as_stored(data), repairs + [
             Repair("exif_ignored", f"EXIF orientation {orientation} ignored: the mask matches the stored pixels")
         ]
     return upright, repairs + [
@@ -125,6 +134,12 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
             "exif_rotated", f"image turned upright per EXIF orientation {orientation}, as viewers and predict show it"
         )
     ]
+
+
+def _as_stored(data: bytes) -> np.ndarray:
+    """The photo as 8-bit RGB, its EXIF orientation not applied."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _single_channel(raw: np.ndarray, path) -> np.ndarray:
