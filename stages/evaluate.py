@@ -5,8 +5,9 @@ Reads:  models/best.pt, models/run.json, data/split/; params evaluate.threshold,
 Writes: models/model.onnx (verified against PyTorch: metrics/export.json; its metadata is the
         one record of the threshold, TTA and classes), metrics/evaluate.json,
         metrics/threshold_sweep.csv, metrics/test_per_image.csv, metrics/confusion.csv,
-        metrics/confusion.png, metrics/gallery.png, models/model_card.md; all logged into
-        the training run. The register stage registers what this wrote.
+        metrics/confusion.png, metrics/gallery.png, models/model_card.md; all logged into a new
+        evaluation run nested under the training run, named in models/evaluation_run.json.
+        The register stage registers what this wrote.
 """
 
 from pipeline.core.stage import exit_interrupted, run_stage
@@ -16,7 +17,7 @@ try:
     from pipeline.core import paths
     from pipeline.core.config import load_config
     from pipeline.evaluate.evaluation import REPORTS, evaluate_checkpoint
-    from pipeline.tracking import RunInfo, card_provenance, log_to_run, require_run
+    from pipeline.tracking import RunInfo, card_provenance, log_evaluation, require_run
 except KeyboardInterrupt:
     exit_interrupted("evaluate")
 
@@ -27,7 +28,9 @@ def main() -> None:
     training_tags = require_run(run, cfg.mlflow.experiment)
     evaluation = evaluate_checkpoint(cfg, run.run_id, **card_provenance(training_tags))
     print(evaluation.summary())
-    log_to_run(run, evaluation.run_metrics(), cfg.mlflow.experiment, artifacts=list(REPORTS))
+    params = {key: value for key, value in cfg.flat().items() if key.startswith("evaluate.")}
+    record = log_evaluation(run, cfg.mlflow.experiment, params, evaluation.run_metrics(), artifacts=list(REPORTS))
+    record.save(paths.EVALUATION_RUN)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Stage register: register the evaluated model as a new version and decide its alias.
 
 Reads:  models/model.onnx, models/best.pt, models/model_card.md, metrics/evaluate.json,
-        models/run.json, data/split/split.json; params mlflow.experiment, mlflow.registered_model
-Writes: models/registry.json; the servable model logged into the training run, a new version
+        models/evaluation_run.json, data/split/; params mlflow.experiment, mlflow.registered_model
+Writes: models/registry.json; the servable model logged into the evaluation run, a new version
         of mlflow.registered_model and its alias (champion or challenger, decided on
         validation Dice)
 """
@@ -16,7 +16,7 @@ try:
     from pipeline.core.files import write_json
     from pipeline.core.splits import SplitInfo
     from pipeline.register.registry import EvaluatedModel, register_evaluated
-    from pipeline.tracking import RunInfo, require_run
+    from pipeline.tracking import RunInfo, require_run, training_run_of
 except KeyboardInterrupt:
     exit_interrupted("register")
 
@@ -24,11 +24,15 @@ except KeyboardInterrupt:
 def main() -> None:
     cfg = load_config()
     name = cfg.mlflow.registered_model
-    run = RunInfo.load(paths.RUN_INFO)
-    training_tags = require_run(run, cfg.mlflow.experiment)
+    evaluation = RunInfo.load(paths.EVALUATION_RUN)
+    require_run(evaluation, cfg.mlflow.experiment)
+    training_tags = require_run(training_run_of(evaluation), cfg.mlflow.experiment)
     evaluated = EvaluatedModel.read()
-    decision = register_evaluated(name, run.run_id, evaluated, training_tags, SplitInfo.read(paths.SPLIT_DIR))
+    split_info = SplitInfo.read(paths.SPLIT_DIR)
+    decision, retired = register_evaluated(name, evaluation.run_id, evaluated, training_tags, split_info)
     write_json(paths.REGISTRY_DECISION, decision.record(name))
+    if retired:
+        print(f"register: deleted {name} version(s) {', '.join(retired)}, left incomplete by an interrupted run")
     print(f"register: {name} version {decision.version}; alias {decision.alias}: {decision.reason}")
 
 

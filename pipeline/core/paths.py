@@ -10,6 +10,8 @@ PRETRAINED_DIR = Path("models/pretrained")
 BEST_CHECKPOINT = Path("models/best.pt")
 LAST_CHECKPOINT = Path("models/last.pt")
 RUN_INFO = Path("models/run.json")
+# The MLflow run of the latest evaluation (nested under the training run), for the register stage.
+EVALUATION_RUN = Path("models/evaluation_run.json")
 MODEL_CARD = Path("models/model_card.md")
 ONNX_MODEL = Path("models/model.onnx")
 REGISTRY_DECISION = Path("models/registry.json")

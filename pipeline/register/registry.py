@@ -31,7 +31,7 @@ from ..core.files import read_json, sha256_file
 from ..core.splits import SplitInfo
 from ..serve import pyfunc
 from ..serve.onnx_backend import ONNX_ARTIFACT
-from ..serve.registered import CHECKPOINT_ARTIFACT
+from ..serve.registered import CHECKPOINT_ARTIFACT, COMPLETE_TAG
 from ..serve.settings import read_description
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -179,13 +179,33 @@ class EvaluatedModel:
 
 def register_evaluated(
     name: str, run_id: str, evaluated: EvaluatedModel, training_tags: dict[str, str], split_info: SplitInfo
-) -> AliasDecision:
-    """Register the evaluated model as a new version of ``name`` and decide its alias."""
+) -> tuple[AliasDecision, list[str]]:
+    """Register the evaluated model as a new version of ``name`` from the evaluation run
+    ``run_id``, decide its alias, and mark it complete, last: a registration cut short (kill -9)
+    leaves a version without that mark, which predict refuses and the next registration from the
+    same evaluation retires. Returns the decision and the versions retired."""
+    retired = retire_incomplete(name, run_id)
     tags = version_tags(training_tags, split_info, evaluated.metrics, evaluated.val_dice)
     version = register_model(run_id=run_id, name=name, evaluated=evaluated, tags=tags)
     decision = decide_alias(Contender(version, evaluated.val_dice, tags["val_set"]), current_champion(name))
     apply_decision(name, run_id, decision)
-    return decision
+    mlflow.MlflowClient().set_model_version_tag(name, version, COMPLETE_TAG, "true")
+    return decision, retired
+
+
+def retire_incomplete(name: str, run_id: str) -> list[str]:
+    """Delete the versions of ``name`` an earlier, interrupted registration from this evaluation
+    run left incomplete; another evaluation's registration (a queued experiment's, maybe still
+    running) is never touched."""
+    client = mlflow.MlflowClient()
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    orphans = [str(version.version) for version in found if COMPLETE_TAG not in version.tags]
+    for version in orphans:
+        client.delete_model_version(name, version)
+    return orphans
 
 
 def register_model(*, run_id: str, name: str, evaluated: EvaluatedModel, tags: dict[str, str]) -> str:

@@ -3,6 +3,7 @@ or run, so a version anyone with registry access logged cannot run code on this 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -16,6 +17,9 @@ from ..tracking import HEALTH_TIMEOUT_S, tracking_uri
 # The registered version's artifact that holds the weights, for `predict --backend torch`
 # (pipeline/register/registry.py logs it); the ONNX file's is onnx_backend.ONNX_ARTIFACT.
 CHECKPOINT_ARTIFACT = "checkpoint"
+# Set on a registered version last, once it has its tags, card and alias: a version without it
+# was cut short while registering and is not used.
+COMPLETE_TAG = "registration_complete"
 
 
 def _description(model_ref: str, dst: Path) -> dict[str, Any]:
@@ -51,11 +55,33 @@ def _check_reachable(model_ref: str) -> None:
             ) from None
 
 
+def _require_complete(model_ref: str) -> None:
+    """A registered version (by number or alias) is used only once its registration completed."""
+    match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/]+))", model_ref)
+    if match is None:
+        return  # a logged model by id (models:/m-...) or a run's model: not a registered version
+    client = mlflow.MlflowClient()
+    try:
+        found = (
+            client.get_model_version(match["name"], match["version"])
+            if match["version"]
+            else client.get_model_version_by_alias(match["name"], match["alias"])
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0][:200]}") from None
+    if COMPLETE_TAG not in found.tags:
+        raise ModelError(
+            f"--model {model_ref}: version {found.version} of {match['name']} was not registered completely "
+            "(its registration was interrupted); run `dvc repro` to register the model again"
+        )
+
+
 def registered_artifacts(model_ref: str, names: tuple[str, ...], dst: Path) -> dict[str, Path | None]:
     """The version's artifacts ``names`` downloaded into ``dst`` (None for one it does not have);
     an unreachable server is refused within seconds."""
     mlflow.set_tracking_uri(tracking_uri())
     _check_reachable(model_ref)
+    _require_complete(model_ref)
     entries = _description(model_ref, dst).get("artifacts") or {}
     return {name: _download(model_ref, name, entries.get(name), dst) for name in names}
 

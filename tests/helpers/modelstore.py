@@ -17,6 +17,7 @@ from pipeline.model.checkpoint import checkpoint_classes, load_model, save_check
 from pipeline.model.losses import resolve_loss
 from pipeline.model.network import build_model
 from pipeline.register.registry import EvaluatedModel, register_model
+from pipeline.serve.registered import COMPLETE_TAG
 from pipeline.serve.settings import InferenceSettings
 
 TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
@@ -54,7 +55,8 @@ def use_store(root: Path) -> str:
 def register(
     root: Path, checkpoint: Path, *, threshold: float, tta: bool = False, tags: dict[str, str] | None = None
 ) -> tuple[str, str]:
-    """A finished run holding ``checkpoint``, registered as a new version of NAME; returns (run id, version)."""
+    """A finished run holding ``checkpoint``, registered as a new version of NAME and marked
+    complete, as the register stage leaves it; returns (run id, version)."""
     use_store(root)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
         pass
@@ -64,6 +66,7 @@ def register(
     onnx_model = tiny_onnx(checkpoint, settings, root / f"{checkpoint.stem}.onnx")
     evaluated = EvaluatedModel(checkpoint, onnx_model, card, metrics={}, val_dice=0.0)
     version = register_model(run_id=run.info.run_id, name=NAME, evaluated=evaluated, tags=tags or {})
+    mlflow.MlflowClient().set_model_version_tag(NAME, version, COMPLETE_TAG, "true")
     return run.info.run_id, version
 
 

@@ -1,0 +1,93 @@
+"""Each evaluation is its own MLflow record, and a registration cut short is never used and is
+retired by the next one."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from pipeline.core.classes import PERSON
+from pipeline.core.errors import ModelError, TrackingError
+from pipeline.core.files import sha256_file, write_json
+from pipeline.core.splits import SplitInfo
+from pipeline.register import registry
+from pipeline.serve.registered import COMPLETE_TAG, registered_artifacts
+from pipeline.serve.settings import InferenceSettings
+from pipeline.tracking import RunInfo, log_evaluation, training_run_of
+from tests.helpers.modelstore import NAME, tiny_checkpoint, tiny_onnx
+
+SPLIT_INFO = SplitInfo("abc", 32, PERSON, {"train": 2, "val": 2, "test": 2}, {"val": ["a", "b"], "test": ["c", "d"]})
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("records", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment, run_name="bright-lr") as run:
+        mlflow.log_params({"train.lr": 0.003})
+    return tmp_path, RunInfo(run.info.run_id, experiment)
+
+
+def evaluated(root) -> registry.EvaluatedModel:
+    checkpoint = tiny_checkpoint(root / "best.pt")
+    onnx_file = tiny_onnx(checkpoint, InferenceSettings(0.4, False, sha256_file(checkpoint)), root / "model.onnx")
+    (root / "card.md").write_text("# card\n")
+    write_json(root / "evaluate.json", {"test_dice": 0.5, "threshold": 0.4, "val_dice_deployed": 0.8})
+    return registry.EvaluatedModel.read(checkpoint, onnx_file, root / "card.md", root / "evaluate.json")
+
+
+def test_every_evaluation_is_its_own_run_under_the_training_run_with_its_settings(store, monkeypatch):
+    root, training = store
+    first = log_evaluation(training, "records", {"evaluate.tta": False}, {"test_dice": 0.7})
+    monkeypatch.setenv("DVC_EXP_NAME", "with-tta")
+    second = log_evaluation(training, "records", {"evaluate.tta": True}, {"test_dice": 0.72})
+    client = mlflow.MlflowClient()
+    runs = {record.run_id: client.get_run(record.run_id) for record in (first, second)}
+    assert len(runs) == 2
+    assert [run.data.params["evaluate.tta"] for run in runs.values()] == ["False", "True"]
+    assert [run.info.run_name for run in runs.values()] == ["bright-lr evaluation", "with-tta evaluation"]
+    assert all(training_run_of(record) == training for record in (first, second))
+    # The training run keeps its own record: no evaluation writes into it.
+    assert client.get_run(training.run_id).data.metrics == {}
+    assert client.get_metric_history(second.run_id, "test_dice")[0].value == 0.72
+    with pytest.raises(TrackingError, match="is not an evaluation run"):
+        training_run_of(training)
+
+
+def test_an_interrupted_registration_is_never_used_and_the_next_one_retires_it(store, monkeypatch):
+    root, training = store
+    evaluation = log_evaluation(training, "records", {"evaluate.tta": False}, {})
+    model = evaluated(root)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill right after the version was created
+
+    monkeypatch.setattr(registry, "apply_decision", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.register_evaluated(NAME, evaluation.run_id, model, {}, SPLIT_INFO)
+    client = mlflow.MlflowClient()
+    orphan = client.get_model_version(NAME, "1")
+    assert COMPLETE_TAG not in orphan.tags
+    with pytest.raises(ModelError, match="version 1 of test-unet was not registered completely.*dvc repro"):
+        registered_artifacts(f"models:/{NAME}/1", ("onnx",), root / "download")
+
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    decision, retired = registry.register_evaluated(NAME, evaluation.run_id, model, {}, SPLIT_INFO)
+    assert retired == ["1"] and (decision.version, decision.alias) == ("2", registry.CHAMPION)
+    assert [str(version.version) for version in client.search_model_versions(f"name = '{NAME}'")] == ["2"]
+    assert client.get_model_version(NAME, "2").tags[COMPLETE_TAG] == "true"
+    assert client.get_model_version(NAME, "2").run_id == evaluation.run_id
+    assert registered_artifacts(f"models:/{NAME}@champion", ("onnx",), root / "download")["onnx"].is_file()
+
+
+def test_retiring_never_touches_another_evaluations_registration(store):
+    root, training = store
+    ours = log_evaluation(training, "records", {}, {})
+    theirs = log_evaluation(training, "records", {}, {})
+    model = evaluated(root)
+    version = registry.register_model(run_id=theirs.run_id, name=NAME, evaluated=model, tags={})  # still running
+    assert registry.retire_incomplete(NAME, ours.run_id) == []
+    assert str(mlflow.MlflowClient().get_model_version(NAME, version).version) == version
