@@ -2,10 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.classes import PERSON
-from pipeline.evaluate.gallery import PANEL, pick_cases, render_gallery
+from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.evaluate.gallery import (
+    BACKGROUND,
+    PANEL,
+    SWATCH,
+    SWATCH_BORDER,
+    SWATCH_TOP,
+    legend_swatches,
+    pick_cases,
+    render_gallery,
+)
 from pipeline.evaluate.predictions import SplitPredictions
-from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, sweep
+from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 from pipeline.model.outputs import predict_logits
 from pipeline.serve.palette import (
     BINARY_OVERLAY,
@@ -40,6 +49,32 @@ def test_sweep_scores_each_threshold_and_picks_the_best_dice():
 def test_a_plateau_resolves_to_the_threshold_nearest_one_half():
     rows = [{"threshold": t, "dice": d, "iou": 0.0} for t, d in [(0.2, 0.9), (0.35, 0.95), (0.45, 0.95), (0.7, 0.95)]]
     assert best_threshold(rows) == 0.45
+
+
+def test_the_chosen_threshold_is_marked_on_its_row_and_a_fixed_one_gets_a_row():
+    rows = [{"threshold": t, "dice": 0.5} for t in (0.4, 0.45, 0.5)]
+    assert [row["chosen"] for row in mark_chosen(rows, 0.45)] == [0, 1, 0]
+    with pytest.raises(ValueError, match="0.33 is not one of the sweep's"):
+        mark_chosen(rows, 0.33)
+    assert sweep_thresholds() == SWEEP_THRESHOLDS and sweep_thresholds(0.5) == SWEEP_THRESHOLDS
+    between = sweep_thresholds(0.33)
+    assert len(between) == len(SWEEP_THRESHOLDS) + 1 and between == tuple(sorted(between)) and 0.33 in between
+
+
+@pytest.mark.parametrize(("setting", "chosen"), [("auto", 0.6), (0.33, 0.33)])
+def test_choose_threshold_writes_the_sweep_with_the_threshold_it_chose_marked(params, setting, chosen):
+    from pipeline.core.config import parse_config
+    from pipeline.evaluate.evaluation import choose_threshold
+
+    params["evaluate"]["threshold"] = setting
+    truth = torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 1, -1)
+    val = SplitPredictions(
+        "val", ["a"], np.zeros((1, 1, 4, 3), np.uint8), truth, logits_of([0.9, 0.62, 0.58, 0.1]), 0.0, PERSON
+    )
+    threshold, curve, _ = choose_threshold(parse_config(params), val)
+    assert threshold == chosen
+    assert [row["threshold"] for row in curve if row["chosen"]] == [chosen]
+    assert sum(row["chosen"] for row in curve) == 1
 
 
 def test_flip_tta_averages_the_mirrored_prediction():
@@ -100,6 +135,39 @@ def test_gallery_colours_false_positives_and_negatives_differently():
     assert closest(colour_at(quarter, 3 * quarter)) == FALSE_POSITIVE  # top right: predicted only
     assert closest(colour_at(3 * quarter, quarter)) == FALSE_NEGATIVE  # bottom left: missed
     assert (colour_at(3 * quarter, 3 * quarter) == 120).all()  # bottom right: dimmed photo, no tint
+
+
+@pytest.mark.parametrize("classes", [PERSON, ClassSpec(("background", "cat", "dog", "bird"), None)])
+def test_every_legend_swatch_stands_out_from_the_legend_background(classes):
+    images = np.full((2, 8, 8, 3), 200, np.uint8)
+    masks = np.zeros((2, 8, 8), int)
+    gallery = render_gallery(images, masks, masks, ["x", "y"], [0.2, 0.8], classes)
+    swatches = legend_swatches(classes)
+    assert {label for _, label, _ in swatches} >= {"correct", "false positive", "false negative"}
+    # White ("correct") on the white background would vanish: each colour sits in a dark frame.
+    assert (255, 255, 255) in {colour for colour, _, _ in swatches} and BACKGROUND == (255, 255, 255)
+    for colour, label, left in swatches:
+        box = gallery[SWATCH_TOP : SWATCH_TOP + SWATCH, left : left + SWATCH].astype(int)
+        assert box.shape[:2] == (SWATCH, SWATCH), label
+        inner = box[SWATCH_BORDER:-SWATCH_BORDER, SWATCH_BORDER:-SWATCH_BORDER]
+        assert (inner == colour).all(), label
+        ring = np.concatenate([box[:SWATCH_BORDER].reshape(-1, 3), box[-SWATCH_BORDER:].reshape(-1, 3)])
+        ring = np.concatenate([ring, box[:, :SWATCH_BORDER].reshape(-1, 3), box[:, -SWATCH_BORDER:].reshape(-1, 3)])
+        # WCAG's 3:1 for graphical objects, between the frame and the background around it.
+        assert min(contrast(tuple(pixel), BACKGROUND) for pixel in ring) >= 3, label
+        # The frame is the swatch's edge: the background shows just outside it.
+        assert (gallery[SWATCH_TOP + SWATCH // 2, left - 1] == BACKGROUND).all(), label
+
+
+def contrast(first: tuple[int, ...], second: tuple[int, ...]) -> float:
+    """WCAG 2 contrast ratio of two sRGB colours (1 to 21)."""
+
+    def luminance(colour: tuple[int, ...]) -> float:
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in colour)]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    lighter, darker = sorted((luminance(first), luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
 
 
 def _card(params, data_hash: str, classes, source: str = "https://example.com/people.zip") -> str:

@@ -184,7 +184,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
         assert found.data.tags["dvc.baseline_rev"] == baseline
         assert found.info.status == "FINISHED"
         assert len(mlflow_client.get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
-        assert "test_dice" in found.data.metrics and "data/pairs_used" in found.data.metrics
+        assert "test_dice" in found.data.metrics and "data_pairs_used" in found.data.tags
         assert any(name.startswith("system/cpu_utilization") for name in found.data.metrics), found.data.metrics
         assert [d.dataset.digest for d in found.inputs.dataset_inputs] == [data_hash[:16]]
     versions = mlflow_client.search_model_versions("name='human-segmentation-unet'")

@@ -67,8 +67,9 @@ def test_metrics_files_hold_sane_numbers(project):
     assert evaluation["test_dice"] > all_foreground_dice(project / "data" / "split")
     # evaluate.threshold is `auto`: the sweep's best on val.
     sweep = list(csv.DictReader((project / "metrics" / "threshold_sweep.csv").open()))
-    assert len(sweep) == 19 and list(sweep[0]) == ["threshold", "dice", "iou", "precision", "recall"]
+    assert len(sweep) == 19 and list(sweep[0]) == ["threshold", "dice", "iou", "precision", "recall", "chosen"]
     best = max(sweep, key=lambda row: float(row["dice"]))
+    assert [row["threshold"] for row in sweep if row["chosen"] == "1"] == [str(evaluation["threshold"])]
     assert float(best["dice"]) == pytest.approx(evaluation["val_dice_deployed"])
     per_image = list(csv.DictReader((project / "metrics" / "test_per_image.csv").open()))
     assert list(per_image[0]) == ["id", "dice", "iou", "foreground_fraction"] and len(per_image) == 29
@@ -90,10 +91,10 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     assert run.data.params["train.lr"] == "0.003" and run.data.params["model.encoder"] == "resnet18"
     assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["git_commit"] != "unknown"
     assert "dvc.exp_name" not in run.data.tags  # a plain `dvc repro` is no experiment
-    # The data report's numbers under data/, after the loss and Dice curves; per-epoch names unchanged.
+    # The data report's numbers are tags under their report names, not metrics charted above the curves.
     headline = read_json(project / "data" / "report.json")["headline"]
-    assert {name: run.data.metrics["data/" + name.removeprefix("data_")] for name in headline} == headline
-    assert run.data.metrics["data/pairs_used"] == 290 and "data_pairs_used" not in run.data.metrics
+    assert {name: float(run.data.tags[name]) for name in headline} == pytest.approx(headline, rel=1e-5)
+    assert run.data.tags["data_pairs_used"] == "290" and not any(name.startswith("data") for name in run.data.metrics)
     (dataset,) = [found.dataset for found in run.inputs.dataset_inputs]
     assert dataset.digest == run.data.tags["data_hash"][:16] and dataset.source_type == "http"
     assert read_json(project / "data" / "split" / "split.json")["counts"] == json.loads(dataset.profile)

@@ -7,8 +7,11 @@ from pipeline import tracking
 from pipeline.core.config import parse_config
 from pipeline.core.errors import TrackingError, TrainingError
 from pipeline.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     RUN_CHECKPOINT_PATH,
     connect,
+    data_report_tags,
     dvc_experiment_tags,
     git_commit,
     project_root,
@@ -47,6 +50,48 @@ def test_closed_tracking_port_fails_fast_with_advice(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_port_url().rsplit("/", 1)[0])
     with pytest.raises(TrackingError, match="is unreachable: ConnectionError.*unset MLFLOW_TRACKING_URI"):
         connect("anything")
+
+
+def test_the_experiment_opens_as_model_training_and_a_chosen_kind_is_kept(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    created = connect("new")
+    assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND == "custom_model_development"
+    # One made before the pipeline marked its experiments gets the kind; one set by hand keeps its own.
+    untagged = client.create_experiment("untagged")
+    assert connect("untagged") == untagged
+    assert client.get_experiment(untagged).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    assert connect("chosen") == chosen
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_an_account_that_may_not_tag_the_experiment_still_connects(tmp_path, monkeypatch, capsys):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    untagged = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("shared")
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("Permission denied", error_code=PERMISSION_DENIED)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refuse)
+    assert connect("shared") == untagged
+    assert "left without its kind tag: PERMISSION_DENIED" in capsys.readouterr().out
+
+
+def test_data_report_numbers_are_tags_written_as_numbers_read():
+    headline = {"data_pairs_used": 290.0, "data_pairs_skipped": 0.0, "data_test_foreground": 0.2713456789}
+    assert data_report_tags(headline) == {
+        "data_pairs_used": "290",
+        "data_pairs_skipped": "0",
+        "data_test_foreground": "0.271346",
+    }
+    assert data_report_tags({"data_val_foreground": 1.13e-06}) == {"data_val_foreground": "1.13e-06"}
 
 
 def test_cuda_out_of_memory_suggests_a_batch_size_that_fits():
@@ -148,7 +193,9 @@ def test_train_tracked_records_commit_data_and_checkpoint_and_continues_a_resume
     # MLflow's own commit where it set one, the hand-written one only where it did not.
     assert tags["git_commit"] == tags.get("mlflow.source.git.commit", "fallback-commit")
     assert (tags["data_hash"], tags["encoder_weights_sha256"]) == ("f" * 64, "e" * 64)
-    assert run.data.metrics["data/pairs_used"] == 4
+    # The data report's numbers are tags, not one-point metrics charted above the curves.
+    assert run.data.tags["data_pairs_used"] == "4"
+    assert [name for name in run.data.metrics if not name.startswith("system/")] == ["val_loss"]
     assert [artifact.path for artifact in client.list_artifacts(run_id, "checkpoint")] == [RUN_CHECKPOINT_PATH]
 
     # A resumed session continues its run: the epoch a crash kept from MLflow (2) is caught up.

@@ -17,7 +17,7 @@ from .confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
 from .export import ExportCheck, export_verified
 from .gallery import CASES_EACH, render_gallery
 from .predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
-from .thresholds import SWEEP_FIELDS, best_threshold, sweep
+from .thresholds import SWEEP_FILE_FIELDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 
 # The files evaluate writes that the training run keeps as artifacts.
 REPORTS = (
@@ -48,15 +48,19 @@ class Evaluation:
 
 
 def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
-    """The binary cut-off, the validation sweep behind it, and where it came from. Multi-class
-    models take the top class: no threshold, an empty sweep, and evaluate.threshold does not apply."""
+    """The binary cut-off, the validation sweep behind it (its row marked ``chosen``), and where
+    it came from. Multi-class models take the top class: no threshold, an empty sweep, and
+    evaluate.threshold does not apply."""
     if not val.classes.binary:
         return None, [], "each pixel takes its most probable class"
-    # The curve is drawn for a fixed threshold too: it shows what that choice costs on val.
-    curve = sweep(val.logits, val.masks, val.classes)
+    # The curve is drawn for a fixed threshold too (with a row for it): it shows what that choice costs on val.
     if cfg.evaluate.threshold == "auto":
-        return best_threshold(curve), curve, "maximises mean Dice on the validation split"
-    return cfg.evaluate.threshold, curve, "fixed by evaluate.threshold"
+        curve = sweep(val.logits, val.masks, val.classes)
+        threshold, source = best_threshold(curve), "maximises mean Dice on the validation split"
+    else:
+        threshold, source = cfg.evaluate.threshold, "fixed by evaluate.threshold"
+        curve = sweep(val.logits, val.masks, val.classes, sweep_thresholds(threshold))
+    return threshold, mark_chosen(curve, threshold), source
 
 
 def evaluate_checkpoint(
@@ -80,7 +84,7 @@ def evaluate_checkpoint(
     export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
 
     per_image = test.per_image(threshold)
-    write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FIELDS)
+    write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FILE_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
     confusion = test.metrics(threshold).confusion
     write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, test.classes), CONFUSION_FIELDS)

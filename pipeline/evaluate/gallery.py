@@ -14,6 +14,10 @@ CAPTION = 26
 GAP = 6
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
+# Each legend colour is a square inside a dark frame: white ("correct") and light colours would
+# vanish on the white background without one.
+SWATCH, SWATCH_BORDER, SWATCH_TOP = 16, 2, 7  # outer side, frame width, top edge (px)
+SWATCH_FRAME = (40, 40, 40)
 
 
 def pick_cases(dice: list[float], count: int = CASES_EACH) -> list[tuple[str, int]]:
@@ -56,21 +60,32 @@ def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int,
     cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
 
 
-def _legend(width: int, classes: ClassSpec) -> np.ndarray:
-    strip = np.full((CAPTION + GAP, width, 3), BACKGROUND, np.uint8)
-    x = GAP
+def legend_swatches(classes: ClassSpec) -> list[tuple[tuple[int, int, int], str, int]]:
+    """(colour, label, left edge of its swatch) of each legend entry, left to right."""
     truth = (
         ((TRUTH, "truth"),) if classes.binary else tuple(zip(overlay_colours(classes), classes.foreground, strict=True))
     )
+    entries = []
+    x = GAP
     for colour, label in (
         *truth,
         (TRUE_POSITIVE, "correct"),
         (FALSE_POSITIVE, "false positive"),
         (FALSE_NEGATIVE, "false negative"),
     ):
-        cv2.rectangle(strip, (x, 8), (x + 14, 22), colour, -1)
-        _text(strip, label, x + 20, 20)
-        x += 30 + 9 * len(label)
+        entries.append((colour, label, x))
+        x += SWATCH + 16 + 9 * len(label)
+    return entries
+
+
+def _legend(width: int, classes: ClassSpec) -> np.ndarray:
+    strip = np.full((CAPTION + GAP, width, 3), BACKGROUND, np.uint8)
+    inner = slice(SWATCH_BORDER, SWATCH - SWATCH_BORDER)
+    for colour, label, x in legend_swatches(classes):
+        swatch = strip[SWATCH_TOP : SWATCH_TOP + SWATCH, x : x + SWATCH]
+        swatch[:] = SWATCH_FRAME
+        swatch[inner, inner] = colour
+        _text(strip, label, x + SWATCH + 6, 20)
     return strip
 
 

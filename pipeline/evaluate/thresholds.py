@@ -10,6 +10,9 @@ from ..model.metrics import SegmentationMetrics
 # 0.05, 0.10, ..., 0.95: finer steps move Dice by less than its spread across images.
 SWEEP_THRESHOLDS = tuple(round(0.05 * step, 2) for step in range(1, 20))
 SWEEP_FIELDS = ("threshold", "dice", "iou", "precision", "recall")
+# metrics/threshold_sweep.csv: the sweep, and `chosen`, 1 on the row of the cut-off used and 0 on the
+# others (drawn beside the scores, it rises to 1 at that threshold).
+SWEEP_FILE_FIELDS = (*SWEEP_FIELDS, "chosen")
 
 
 def sweep(
@@ -24,6 +27,18 @@ def sweep(
         scores = metrics.compute()
         rows.append({"threshold": threshold, **{name: scores[name] for name in SWEEP_FIELDS[1:]}})
     return rows
+
+
+def sweep_thresholds(fixed: float | None = None) -> tuple[float, ...]:
+    """``SWEEP_THRESHOLDS``, and a fixed cut-off between them, so the curve has a row for it."""
+    return tuple(sorted({*SWEEP_THRESHOLDS, fixed})) if fixed is not None else SWEEP_THRESHOLDS
+
+
+def mark_chosen(rows: list[dict[str, float]], threshold: float) -> list[dict[str, float]]:
+    """The sweep with ``chosen``: 1 on the row of ``threshold``, 0 on every other."""
+    if not any(row["threshold"] == threshold for row in rows):
+        raise ValueError(f"threshold {threshold} is not one of the sweep's")
+    return [{**row, "chosen": int(row["threshold"] == threshold)} for row in rows]
 
 
 def best_threshold(rows: list[dict[str, float]]) -> float:
