@@ -201,7 +201,9 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
     assert "Person when the predicted probability is at least **0.35** (maximises mean Dice" in card
     assert "| dice | 0.8125 | 0.5000 |" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
-    assert "## Champion selection\n`val_dice` 0.8000, the mean per-image Dice at this model's threshold" in card
+    assert (
+        "## Champion selection\n`val_dice_deployed` 0.8000, the mean per-image Dice at this model's threshold" in card
+    )
     assert "on the\n58 validation images" in card or "on the 58 validation images" in card
     assert "The test metrics below are a report" in card
     assert "photo editing" in card and "not for identifying people" in card.lower()

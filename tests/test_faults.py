@@ -175,7 +175,8 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
 
     mlflow_client = project_client(project)
     experiment = mlflow_client.get_experiment_by_name("human-segmentation").experiment_id
-    runs = [r for r in mlflow_client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
+    every_run = mlflow_client.search_runs([experiment])
+    runs = [r for r in every_run if r.data.params.get("train.lr") in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
     assert {r.info.run_name for r in runs} == names
     data_hash = json.loads((project / "data" / "split" / "split.json").read_text())["data_hash"]
@@ -184,24 +185,32 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
         assert found.data.tags["dvc.baseline_rev"] == baseline
         assert found.info.status == "FINISHED"
         assert len(mlflow_client.get_metric_history(found.info.run_id, "val_dice")) == EPOCHS
-        assert "test_dice" in found.data.metrics and "data_pairs_used" in found.data.tags
+        assert "data_pairs_used" in found.data.tags
+        (evaluation,) = [r for r in every_run if r.data.tags.get("mlflow.parentRunId") == found.info.run_id]
+        assert (
+            "test_dice" in evaluation.data.metrics and evaluation.info.run_name == f"{found.info.run_name} evaluation"
+        )
         assert any(name.startswith("system/cpu_utilization") for name in found.data.metrics), found.data.metrics
         assert [d.dataset.digest for d in found.inputs.dataset_inputs] == [data_hash[:16]]
     versions = mlflow_client.search_model_versions("name='human-segmentation-unet'")
     for version in versions:
-        if version.run_id in {r.info.run_id for r in runs}:
-            assert version.tags["alias_metric"] == "val_dice" and "validation Dice" in version.tags["alias_reason"]
+        parent = mlflow_client.get_run(version.run_id).data.tags.get("mlflow.parentRunId")
+        if parent in {r.info.run_id for r in runs}:
+            assert (
+                version.tags["alias_metric"] == "val_dice_deployed"
+                and "validation Dice" in version.tags["alias_reason"]
+            )
 
     # Make the champion's test score as beatable as can be and its validation score unbeatable:
     # a new version that differs only in evaluate.* must stay challenger.
     champion = mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion")
     mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "test_dice", "0.0")
-    mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "val_dice", "1.0")
+    mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "val_dice_deployed", "1.0")
     set_param(project, "evaluate", "threshold", 0.35)
     assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate", "register"}
     decision = json.loads((project / "models" / "registry.json").read_text())
-    assert (decision["metric"], decision["alias"]) == ("val_dice", "challenger")
-    assert (decision["champion_version"], decision["champion_val_dice"]) == (str(champion.version), 1.0)
+    assert (decision["metric"], decision["alias"]) == ("val_dice_deployed", "challenger")
+    assert (decision["champion_version"], decision["champion_val_dice_deployed"]) == (str(champion.version), 1.0)
     assert f"does not beat champion version {champion.version} (1.0000)" in decision["reason"]
     assert mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion").version == champion.version
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)

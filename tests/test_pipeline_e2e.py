@@ -98,9 +98,15 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     (dataset,) = [found.dataset for found in run.inputs.dataset_inputs]
     assert dataset.digest == run.data.tags["data_hash"][:16] and dataset.source_type == "http"
     assert read_json(project / "data" / "split" / "split.json")["counts"] == json.loads(dataset.profile)
+    # The evaluation is a run of its own under the training run, with the settings it used.
+    assert not any(name.startswith("test_") for name in run.data.metrics)
+    evaluation_run = client.get_run(read_json(project / "models" / "evaluation_run.json")["run_id"])
+    assert evaluation_run.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert evaluation_run.info.run_name == f"{run.info.run_name} evaluation"
+    assert evaluation_run.data.params == {"evaluate.threshold": "auto", "evaluate.tta": "False"}
     evaluation = read_json(project / "metrics" / "evaluate.json")
-    assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
-    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert evaluation_run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
+    logged = {artifact.path for artifact in client.list_artifacts(evaluation_run.info.run_id, "evaluation")}
     assert logged == {
         f"evaluation/{name}"
         for name in (
@@ -117,17 +123,20 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
 def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(project, client):
     decision = read_json(project / "models" / "registry.json")
     assert (decision["version"], decision["alias"], decision["champion_version"]) == ("1", "champion", None)
-    assert decision["metric"] == "val_dice" and "validation Dice" in decision["metric_description"]
+    assert decision["metric"] == "val_dice_deployed" and "validation Dice" in decision["metric_description"]
     version = client.get_model_version("human-segmentation-unet", "1")
     run = client.get_run(read_json(project / "models" / "run.json")["run_id"])
-    assert version.run_id == run.info.run_id
+    assert version.run_id == read_json(project / "models" / "evaluation_run.json")["run_id"]
+    assert version.tags["registration_complete"] == "true"
     assert {key: version.tags[key] for key in ("data_hash", "git_commit")} == {
         key: run.data.tags[key] for key in ("data_hash", "git_commit")
     }
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
-    assert float(version.tags["val_dice"]) == decision["val_dice"] == evaluation["val_dice_deployed"]
-    assert version.tags["alias_metric"] == "val_dice" and "## Champion selection\n`val_dice`" in version.description
+    deployed = evaluation["val_dice_deployed"]
+    assert float(version.tags["val_dice_deployed"]) == decision["val_dice_deployed"] == deployed
+    assert version.tags["alias_metric"] == "val_dice_deployed"
+    assert "## Champion selection\n`val_dice_deployed`" in version.description
     model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
     assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
     assert [mask.shape for mask in model.predict(np.zeros((3, 64, 64, 3)))] == [(64, 64)] * 3
@@ -138,7 +147,7 @@ def test_onnx_export_is_verified_self_describing_and_takes_any_batch_and_size(pr
     check = read_json(project / "metrics" / "export.json")
     assert check["mask_agreement"] >= 0.999 and 0 <= check["max_abs_probability_diff"] < 1e-3
     assert (check["images"], check["pixels"]) == (29, 29 * 64 * 64)
-    run_metrics = client.get_run(read_json(project / "models" / "run.json")["run_id"]).data.metrics
+    run_metrics = client.get_run(read_json(project / "models" / "evaluation_run.json")["run_id"]).data.metrics
     assert run_metrics["export_mask_agreement"] == check["mask_agreement"]
     session = ort.InferenceSession(str(project / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
     metadata = {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
@@ -230,7 +239,7 @@ def test_renaming_the_registered_model_reruns_register_only_and_registers_one_ve
     set_param(project, "mlflow", "registered_model", "renamed-unet")
     assert repro(project) == {"register"}
     (version,) = client.search_model_versions("name='renamed-unet'")
-    assert version.run_id == read_json(project / "models" / "run.json")["run_id"]
+    assert version.run_id == read_json(project / "models" / "evaluation_run.json")["run_id"]
     assert read_json(project / "models" / "registry.json")["version"] == str(version.version)
     assert repro(project) == set()
     assert len(client.search_model_versions("name='renamed-unet'")) == 1
@@ -313,9 +322,9 @@ def test_changing_lr_reruns_train_evaluate_and_register_only(project, client):
     assert len(versions) == 2
     # Same validation set: version 2 is champion exactly when its validation Dice beats version 1's.
     decision = read_json(project / "models" / "registry.json")
-    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["val_dice"])
-    assert decision["champion_version"] == "1" and decision["champion_val_dice"] == first_dice
-    assert decision["alias"] == ("champion" if decision["val_dice"] > first_dice else "challenger")
+    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["val_dice_deployed"])
+    assert decision["champion_version"] == "1" and decision["champion_val_dice_deployed"] == first_dice
+    assert decision["alias"] == ("champion" if decision["val_dice_deployed"] > first_dice else "challenger")
     assert client.get_registered_model("human-segmentation-unet").aliases[decision["alias"]] == 2
 
 

@@ -41,8 +41,8 @@ def test_first_model_becomes_champion():
 @pytest.mark.parametrize(("dice", "alias"), [(0.81, CHAMPION), (0.80, CHALLENGER), (0.79, CHALLENGER)])
 def test_champion_moves_only_on_a_strictly_higher_validation_dice(dice, alias):
     decision = decide_alias(Contender("3", dice, "set-a"), Contender("2", 0.80, "set-a"))
-    assert decision.alias == alias and decision.metric == SELECTION_METRIC == "val_dice"
-    assert (decision.champion_version, decision.champion_val_dice) == ("2", 0.80)
+    assert decision.alias == alias and decision.metric == SELECTION_METRIC == "val_dice_deployed"
+    assert (decision.champion_version, decision.champion_val_dice_deployed) == ("2", 0.80)
     assert "validation Dice" in decision.reason and "champion version 2 (0.8000)" in decision.reason
 
 
@@ -76,7 +76,7 @@ def test_version_tags_keep_full_precision_and_provenance():
         "git_commit": "1234",
         "val_set": identify_split(SPLIT_INFO, "val"),
         "test_set": identify_split(SPLIT_INFO, "test"),
-        "val_dice": "0.9",
+        "val_dice_deployed": "0.9",
         "test_dice": "0.123456789012",
         "test_loss": "0.5",
         "threshold": "0.45",
@@ -96,7 +96,7 @@ def test_registered_versions_get_tags_card_and_aliases(tmp_path):
     decisions = []
     # The test tags say the opposite of the validation scores: they must not matter.
     for dice, test_dice in ((0.7, 0.9), (0.6, 0.99), (0.75, 0.1)):
-        tags = {"val_dice": repr(dice), "val_set": "s", "test_dice": repr(test_dice), "test_set": "t"}
+        tags = {"val_dice_deployed": repr(dice), "val_set": "s", "test_dice": repr(test_dice), "test_set": "t"}
         run_id, version = register(tmp_path, checkpoint, threshold=0.5, tags=tags)
         decision = decide_alias(Contender(version, dice, "s"), current_champion(NAME))
         apply_decision(NAME, run_id, decision)
@@ -111,7 +111,7 @@ def test_registered_versions_get_tags_card_and_aliases(tmp_path):
         and "does not beat champion version 1" in version.tags["alias_reason"]
     )
     assert version.description == "# card\n"
-    assert version.tags["alias_metric"] == "val_dice"
+    assert version.tags["alias_metric"] == "val_dice_deployed"
     assert client().get_run(version.run_id).data.tags["alias_decision"] == CHALLENGER
     assert mlflow.models.get_model_info(f"models:/{NAME}/2").signature.outputs is not None
 
@@ -120,7 +120,9 @@ def test_promote_moves_the_champion_and_records_why_and_from_which(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     client = mlflow.MlflowClient
     for dice in (0.8, 0.7):
-        run_id, version = register(tmp_path, checkpoint, threshold=0.5, tags={"val_dice": repr(dice), "val_set": "s"})
+        run_id, version = register(
+            tmp_path, checkpoint, threshold=0.5, tags={"val_dice_deployed": repr(dice), "val_set": "s"}
+        )
         apply_decision(NAME, run_id, decide_alias(Contender(version, dice, "s"), current_champion(NAME)))
     register(tmp_path, checkpoint, threshold=0.5)  # version 3: registered, never evaluated
     assert client().get_registered_model(NAME).aliases == {CHAMPION: 1, CHALLENGER: 2}
@@ -184,7 +186,7 @@ def test_register_reads_what_evaluate_wrote_and_registers_one_version(tmp_path):
     decision = register_evaluated(NAME, run.info.run_id, evaluated, {"git_commit": "abc123"}, SPLIT_INFO)
     assert (decision.version, decision.alias) == ("1", CHAMPION)
     version = mlflow.MlflowClient().get_model_version(NAME, "1")
-    assert version.tags["val_dice"] == "0.8" and version.tags["threshold"] == "0.4"
+    assert version.tags["val_dice_deployed"] == "0.8" and version.tags["threshold"] == "0.4"
     assert version.tags["git_commit"] == "abc123" and version.tags["val_set"] == identify_split(SPLIT_INFO, "val")
     record = decision.record(NAME)
     assert (

@@ -112,7 +112,7 @@ def render_card(
         f"| `{key}` | `{value}` |" for key, value in params.items() if not key.startswith(TRACKING_PARAMS)
     )
     selection = (
-        f"`val_dice` {val_dice:.4f}, the mean per-image Dice at this model's threshold and TTA on the "
+        f"`val_dice_deployed` {val_dice:.4f}, the mean per-image Dice at this model's threshold and TTA on the "
         f"{counts['val']} validation images, "
         "decides whether this version becomes `champion` (strictly higher than the champion's on the same "
         "validation set) or `challenger`."

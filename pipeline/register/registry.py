@@ -38,7 +38,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # The one score a decision reads: mean per-image validation Dice of the deployable model (its
 # threshold and TTA applied). Test metrics are reported, never compared: choosing on them
 # after a sweep would bias the very number reported for the winner.
-SELECTION_METRIC = "val_dice"
+# Also its tag on each version, and its name in metrics/evaluate.json.
+SELECTION_METRIC = paths.VAL_DICE_DEPLOYED
 SELECTION_DESCRIPTION = "validation Dice (mean per image, at the version's threshold and TTA)"
 MODEL_ARTIFACT = "model"
 CARD_ARTIFACT = "model_card"
@@ -77,9 +78,9 @@ class AliasDecision:
     alias: str
     reason: str
     metric: str
-    val_dice: float
+    val_dice_deployed: float
     champion_version: str | None
-    champion_val_dice: float | None
+    champion_val_dice_deployed: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
