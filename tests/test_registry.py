@@ -183,7 +183,8 @@ def test_register_reads_what_evaluate_wrote_and_registers_one_version(tmp_path):
     use_store(tmp_path)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
         pass
-    decision = register_evaluated(NAME, run.info.run_id, evaluated, {"git_commit": "abc123"}, SPLIT_INFO)
+    decision, retired = register_evaluated(NAME, run.info.run_id, evaluated, {"git_commit": "abc123"}, SPLIT_INFO)
+    assert retired == []
     assert (decision.version, decision.alias) == ("1", CHAMPION)
     version = mlflow.MlflowClient().get_model_version(NAME, "1")
     assert version.tags["val_dice_deployed"] == "0.8" and version.tags["threshold"] == "0.4"
