@@ -101,8 +101,9 @@ def test_history_and_mlflow_hold_per_class_curves(project):
     for name in CLASSES:
         steps = [metric.step for metric in client.get_metric_history(run_id, f"val_dice_{name}")]
         assert steps == list(range(1, EPOCHS + 1)), name
+    evaluation_run_id = read_json(project / "models" / "evaluation_run.json")["run_id"]
     assert (
-        client.get_run(run_id).data.metrics["test_dice_ellipse"]
+        client.get_run(evaluation_run_id).data.metrics["test_dice_ellipse"]
         == read_json(project / "metrics" / "evaluate.json")["test_dice_ellipse"]
     )
 

@@ -139,6 +139,11 @@ def run_info(project: Path) -> dict:
     return json.loads((project / "models" / "run.json").read_text())
 
 
+def evaluation_info(project: Path) -> dict:
+    """The evaluation run, nested under the training run, that the version was registered from."""
+    return json.loads((project / "models" / "evaluation_run.json").read_text())
+
+
 @pytest.mark.e2e
 def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server, client):
     info = run_info(project)
@@ -149,7 +154,9 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
     for name in HISTORY_METRICS:
         assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == list(range(1, EPOCHS + 1)), name
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
+    evaluation_run = client.get_run(evaluation_info(project)["run_id"])
+    assert evaluation_run.data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert evaluation_run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
 
     # The backend store really is PostgreSQL, and the artifacts went through the server into its store.
     import psycopg
@@ -172,7 +179,7 @@ def test_run_lands_on_the_server_with_every_epoch_in_postgresql(project, server,
 def test_registered_version_alias_predict_and_serve_through_the_server(
     project, server, login, client, photos, tmp_path
 ):
-    info = run_info(project)
+    info = evaluation_info(project)
     # The pipeline registers the version and decides its alias (the first one is champion).
     decision = json.loads((project / "models" / "registry.json").read_text())
     version = client.get_model_version(MODEL, decision["version"])
@@ -243,15 +250,19 @@ def test_colleague_pulls_from_the_remote_and_retrains_nothing(project, server, l
 def test_two_queued_experiments_in_parallel_both_complete_on_the_server(project, server, login, client):
     run_queued_experiments(project, ["0.002", "0.004"], **login)
     experiment = client.get_experiment_by_name("human-segmentation").experiment_id
-    runs = [r for r in client.search_runs([experiment]) if r.data.params["train.lr"] in ("0.002", "0.004")]
+    every_run = client.search_runs([experiment])
+    runs = [r for r in every_run if r.data.params.get("train.lr") in ("0.002", "0.004")]
     assert sorted(r.data.params["train.lr"] for r in runs) == ["0.002", "0.004"]
+    evaluations = {}
     for found in runs:
         assert found.info.status == "FINISHED"
         for name in HISTORY_METRICS:
             assert len(client.get_metric_history(found.info.run_id, name)) == EPOCHS, name
-        assert "test_dice" in found.data.metrics
+        (evaluation,) = [r for r in every_run if r.data.tags.get("mlflow.parentRunId") == found.info.run_id]
+        assert "test_dice" in evaluation.data.metrics
+        evaluations[found.info.run_id] = evaluation.info.run_id
     versions = {v.run_id for v in client.search_model_versions(f"name='{MODEL}'")}
-    assert {r.info.run_id for r in runs} <= versions
+    assert set(evaluations.values()) <= versions
 
 
 def test_unauthenticated_clients_are_refused_and_secrets_are_private(server, login, tmp_path):
