@@ -43,7 +43,7 @@ from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint, tiny_onnx, use_store
 from tests.helpers.project import PROJECT_ROOT, load_params, write_params
-from tests.helpers.serving import post, served
+from tests.helpers.serving import model_processes, post, served
 
 HUGE_SIDE = 20_000  # 400 million pixels: 1.2 GB as RGB once decoded
 
@@ -603,18 +603,6 @@ def peak_rss_kib(pid: int) -> int:
     """VmHWM: the most resident memory the process ever had."""
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
-
-
-def model_processes(leader: int) -> list[int]:
-    """The serving processes: the leader's whole process group."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
-                found.append(int(entry.name))
-        except ProcessLookupError:
-            pass
-    return found
 
 
 def test_served_model_refuses_a_20000x20000_png_without_decoding_it(serving):

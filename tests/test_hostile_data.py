@@ -34,7 +34,7 @@ from pipeline.split.report import EXIF_AMBIGUOUS, format_summary
 from pipeline.split.samples import read_pair
 from pipeline.split.splitting import MIN_PAIRS_PER_SPLIT, check_split_sizes, split_sizes
 from pipeline.tracking import connect, tracking_uri
-from tests.helpers.datasets import make_dataset
+from tests.helpers.datasets import data_config, make_dataset
 from tests.helpers.project import PROJECT_ROOT, load_params, write_params
 
 # --- names MLflow refuses: checked with the rest of params.yaml, before any stage does work --------
@@ -219,15 +219,7 @@ def test_a_store_in_an_existing_folder_is_used(tmp_path: Path, monkeypatch):
 def configs(
     val: float = 0.2, test: float = 0.2, classes: tuple[str, ...] = ("background", "person")
 ) -> tuple[DataConfig, SplitConfig]:
-    data = DataConfig(
-        source="unused",
-        manifest=None,
-        layout="auto",
-        classes=list(classes),
-        palette=None,
-        on_bad_sample="error",
-        image_size=32,
-    )
+    data = data_config(classes)
     return data, SplitConfig(val_fraction=val, test_fraction=test, seed=0)
 
 

@@ -28,7 +28,7 @@ from pipeline.serve.pyfunc import BadPayload, SegmentationModel, bounded, shorte
 from pipeline.serve.settings import InferenceSettings
 from pipeline.serve.torch_backend import TorchSegmenter
 from tests.helpers.modelstore import NAME, register, tiny_checkpoint
-from tests.helpers.serving import served
+from tests.helpers.serving import model_processes, served
 
 
 def error_lines(capsys) -> list[str]:
@@ -323,17 +323,6 @@ def post_bytes(url: str, body: bytes) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def group(leader: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
-                found.append(int(entry.name))
-        except ProcessLookupError:
-            pass
-    return found
-
-
 def peak_rss_kib(pid: int) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
@@ -368,7 +357,7 @@ def test_served_model_quotes_no_more_than_a_prefix_of_a_malformed_body(serving):
 
 def test_served_model_refuses_a_49_mb_string_without_growing(serving):
     base, process = serving
-    pids = group(process.pid)
+    pids = model_processes(process.pid)
     before = {pid: peak_rss_kib(pid) for pid in pids}
     body = json.dumps({"inputs": ["QUFB" * (49_000_000 // 4)]}).encode()
     status, answer = post_bytes(f"{base}/invocations", body)
@@ -390,7 +379,7 @@ def test_served_model_stops_working_on_a_request_past_its_timeout(serving):
     assert status == 504, answer[:300]
     assert took < SERVER_TIMEOUT_S + 10, f"answered after {took:.0f} s"
     time.sleep(2)  # the request's last image finishes
-    pids = group(process.pid)
+    pids = model_processes(process.pid)
     busy = cpu_seconds(pids)
     time.sleep(4)
     spent = cpu_seconds(pids) - busy

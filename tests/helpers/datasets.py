@@ -29,6 +29,19 @@ def make_dataset(
     return root
 
 
+def data_config(classes: tuple[str, ...] = ("background", "person"), image_size: int = 32) -> DataConfig:
+    """The data section of a split of a local folder dataset, read with the auto layout."""
+    return DataConfig(
+        source="unused",
+        manifest=None,
+        layout="auto",
+        classes=list(classes),
+        palette=None,
+        on_bad_sample="error",
+        image_size=image_size,
+    )
+
+
 def build_test_split(
     raw: Path,
     out: Path,
@@ -39,15 +52,7 @@ def build_test_split(
     classes: tuple[str, ...] = ("background", "person"),
 ) -> Path:
     """Run the split stage's work on ``raw`` into ``out/split`` (report beside it); returns the split folder."""
-    data = DataConfig(
-        source="unused",
-        manifest=None,
-        layout="auto",
-        classes=list(classes),
-        palette=None,
-        on_bad_sample="error",
-        image_size=image_size,
-    )
+    data = data_config(classes, image_size)
     split = SplitConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     build_split(raw, out / "split", out / "report.json", data, split)
     return out / "split"

@@ -22,6 +22,18 @@ from tests.helpers.project import PROJECT_ROOT
 TORCHLESS = PROJECT_ROOT / "tests" / "helpers" / "torchless"
 
 
+def model_processes(leader: int) -> list[int]:
+    """The serving processes: the leader's whole process group (MLflow's server and its workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == leader:
+                found.append(int(entry.name))
+        except ProcessLookupError:
+            pass
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
