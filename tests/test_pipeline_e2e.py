@@ -252,14 +252,18 @@ def declared_plots() -> dict[str, dict]:
     return dict(next(iter(entry.items())) if isinstance(entry, dict) else (entry, {}) for entry in entries)
 
 
-def axis_titles(spec: object, axis: str) -> set[str]:
-    """Every title the chart's encodings give ``axis`` (DVC's templates nest them in layers)."""
+def axis_encodings(spec: object, axis: str) -> list[dict]:
+    """Every encoding of ``axis`` in the chart (DVC's templates nest them in layers)."""
     if isinstance(spec, list):
-        return set().union(*(axis_titles(item, axis) for item in spec))
+        return [found for item in spec for found in axis_encodings(item, axis)]
     if not isinstance(spec, dict):
-        return set()
-    found = {spec["encoding"][axis]["title"]} if axis in spec.get("encoding", {}) else set()
-    return found.union(*(axis_titles(value, axis) for key, value in spec.items() if key != "encoding"))
+        return []
+    found = [spec["encoding"][axis]] if axis in spec.get("encoding", {}) else []
+    return found + [inner for key, value in spec.items() if key != "encoding" for inner in axis_encodings(value, axis)]
+
+
+def axis_titles(spec: object, axis: str) -> set[str]:
+    return {encoding["title"] for encoding in axis_encodings(spec, axis)}
 
 
 def test_plots_show_draws_exactly_the_declared_charts_once_with_titles_and_axis_labels(project):
@@ -276,6 +280,8 @@ def test_plots_show_draws_exactly_the_declared_charts_once_with_titles_and_axis_
         assert spec["title"]["text"] == name
         assert axis_titles(spec, "x") == {declared[name]["x_label"]}, name
         assert axis_titles(spec, "y") == {declared[name]["y_label"]}, name
+        if declared[name]["x"] == "epoch":  # whole epochs: no tick at 2.5
+            assert all(x["axis"] == {"format": "d", "tickMinStep": 1} for x in axis_encodings(spec, "x")), name
 
 
 def test_plots_page_renders_every_chart_in_a_browser(project, tmp_path):
