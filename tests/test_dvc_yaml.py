@@ -46,6 +46,7 @@ def test_stages_with_mlflow_side_effects_stay_out_of_the_run_cache():
     assert persisted("train") and persisted("evaluate") and persisted("register")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_scripts_answer_help_with_what_they_read_and_write(stage, tmp_path):
     """Run from an empty folder: --help must not read params.yaml or start any work."""

@@ -578,8 +578,9 @@ def test_served_model_runs_a_request_of_many_images_in_bounded_batches(checkpoin
     model.predictor = TorchSegmenter.load(checkpoint, InferenceSettings(0.5, False, ""), "cpu")
     sizes = forward_batches(model.predictor)
     _, png = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))
-    answers = model.predict(None, np.array([base64.b64encode(png.tobytes()).decode()] * 400))
-    assert len(answers) == 400 and max(sizes) == INFERENCE_BATCH and sum(sizes) == 400
+    count = 5 * INFERENCE_BATCH + 3  # several full batches and a short one
+    answers = model.predict(None, np.array([base64.b64encode(png.tobytes()).decode()] * count))
+    assert len(answers) == count and max(sizes) == INFERENCE_BATCH and sum(sizes) == count
 
 
 def test_served_model_refuses_a_pixel_array_over_the_limit(checkpoint: Path):
