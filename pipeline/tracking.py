@@ -45,9 +45,12 @@ DATA_SOURCE_TAG = "data_source"
 DVC_ROOT, DVC_EXP_NAME, DVC_EXP_BASELINE_REV = "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"
 # MLflow's UI when `mlflow ui` serves the embedded store (its default address).
 LOCAL_UI = "http://127.0.0.1:5000"
-# The experiment tag MLflow 3's UI reads for an experiment's kind, and the kind of a training
-# pipeline ("Machine learning": the runs table and a run's model metrics, not traces and prompts).
+# The experiment tag MLflow 3 keeps an experiment's kind in, and the kind of a training pipeline
+# ("Machine learning": the runs table and a run's model metrics, not traces and prompts).
 EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI shows every experiment by the switch in its sidebar, GenAI until a browser
+# chooses "Model training", whatever the kind tag says; this query opens a page in that view.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
 
 
 def project_root() -> Path:
@@ -231,11 +234,16 @@ def dvc_experiment_tags() -> dict[str, str]:
     return {key: value for key, value in found.items() if value}
 
 
+def run_page(experiment_id: str, run_id: str) -> str:
+    """The run's page below the MLflow UI's address, in the model training view."""
+    return f"/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
+
+
 def run_url(experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI: the tracking server's, or `mlflow ui`'s for the embedded store."""
     uri = mlflow.get_tracking_uri()
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return base + run_page(experiment_id, run_id)
 
 
 class SplitDataset(MetaDataset):

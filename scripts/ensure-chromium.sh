@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# What the plots render test (tests/test_pipeline_e2e.py) needs to look at `dvc plots show`'s
-# page as a user would: headless Chromium, and the Vega scripts that page loads from a CDN,
-# kept in .cache/vega/ so the test renders without internet. Installs Debian's chromium
-# package when it is missing and this runs as root with apt-get; fetches each script the page
-# names, at the version it names, from the npm registry with `npm pack` when npm is there.
-# Otherwise it says why not and exits 0: `make test` goes on, and the render test is skipped
-# with that reason.
+# What the browser tests need to look at a page as a user would: headless Chromium for
+# `dvc plots show`'s page (tests/test_pipeline_e2e.py) and the MLflow UI (tests/test_mlflow_ui.py),
+# and the Vega scripts the plots page loads from a CDN, kept in .cache/vega/ so it renders
+# without internet. Installs Debian's chromium package when it is missing and this runs as
+# root with apt-get; fetches each script the page names, at the version it names, from the npm
+# registry with `npm pack` when npm is there. Otherwise it says why not and exits 0: `make test`
+# goes on, and the tests that lack something are skipped with that reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -14,14 +14,14 @@ CACHE=.cache/vega
 if ! command -v chromium >/dev/null; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
         echo "ensure-chromium: chromium is not installed, and installing it needs root and apt-get;" \
-             "the plots render test will be skipped. Install it with: sudo apt-get install chromium" >&2
+             "the browser tests will be skipped. Install it with: sudo apt-get install chromium" >&2
     else
         echo "ensure-chromium: installing chromium with apt-get" >&2
         export DEBIAN_FRONTEND=noninteractive
         # A fresh machine may have no package lists yet: update only if the first try fails.
         if ! apt-get install -y -q chromium >/dev/null; then
             apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null \
-                || echo "ensure-chromium: apt-get install chromium failed; the plots render test will be skipped" >&2
+                || echo "ensure-chromium: apt-get install chromium failed; the browser tests will be skipped" >&2
         fi
     fi
 fi

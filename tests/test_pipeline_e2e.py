@@ -292,7 +292,7 @@ def test_plots_page_renders_every_chart_in_a_browser(project, tmp_path):
         page = browser.offline_page(tmp_path / "plots" / "index.html")
     except FileNotFoundError as missing:
         pytest.skip(f"no local copy of a script the page loads: {missing}")
-    dom = browser.render(page, tmp_path / "profile", tmp_path / "plots.png")
+    dom = browser.render(page.as_uri(), tmp_path / "profile", tmp_path / "plots.png")
     charts = [name for name in declared_plots() if not name.endswith(".png")]
     # vega-embed draws each chart into a canvas; a spec it cannot draw leaves its div empty.
     assert dom.count('class="marks"') == len(charts), dom[-2000:]

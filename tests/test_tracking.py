@@ -121,9 +121,9 @@ def test_run_url_points_at_the_server_or_the_local_ui(monkeypatch, tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri("http://tracking.example:5000/")
-    assert run_url("3", "abc") == "http://tracking.example:5000/#/experiments/3/runs/abc"
+    assert run_url("3", "abc") == "http://tracking.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run_url("3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert run_url("3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
 
 
 @pytest.mark.parametrize(
