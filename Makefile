@@ -24,7 +24,7 @@ demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
 # As root with apt-get, installs PostgreSQL for the team tests and Chromium (with the Vega
-# scripts, via npm) for the plots render test when they are missing (else they skip, saying why).
+# scripts, via npm) for the browser tests when they are missing (else they skip, saying why).
 test: lint
 	bash scripts/ensure-postgresql.sh
 	PYTHON=$(BIN)/python bash scripts/ensure-chromium.sh

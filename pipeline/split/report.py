@@ -259,7 +259,7 @@ def format_summary(report: Mapping[str, Any]) -> str:
 
 
 def _headline(report: Mapping[str, Any]) -> dict[str, float]:
-    """The report's numbers worth comparing across runs, as flat MLflow metric names."""
+    """The report's numbers worth comparing across runs, under the names the training run tags them with."""
     headline = {f"data_pairs_{key}": float(value) for key, value in report["pairs"].items()}
     headline["data_duplicate_groups"] = float(len(report["duplicates"]))
     for name, stats in report["foreground_fraction"].items():
