@@ -3,7 +3,8 @@
 Reads:  models/best.pt, models/run.json, data/split/; params evaluate.threshold,
         evaluate.tta, mlflow.experiment; the training run in MLflow
 Writes: models/model.onnx (verified against PyTorch: metrics/export.json; its metadata is the
-        one record of the threshold, TTA and classes), metrics/evaluate.json,
+        one record of the threshold, TTA and classes), metrics/evaluate.json (the headline
+        scores with their intervals), metrics/evaluate_details.json (every other score),
         metrics/threshold_sweep.csv, metrics/test_per_image.csv, metrics/confusion.csv,
         metrics/confusion.png, metrics/gallery.png, models/model_card.md; all logged into a new
         evaluation run nested under the training run, named in models/evaluation_run.json.

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
+from pipeline.core.intervals import bootstrap_mean
 from pipeline.evaluate.gallery import (
     BACKGROUND,
     PANEL,
@@ -13,7 +14,7 @@ from pipeline.evaluate.gallery import (
     pick_cases,
     render_gallery,
 )
-from pipeline.evaluate.predictions import SplitPredictions
+from pipeline.evaluate.predictions import HEADLINE_METRICS, PER_IMAGE_FIELDS, SplitPredictions, interval_bounds
 from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 from pipeline.model.outputs import predict_logits
 from pipeline.serve.palette import (
@@ -88,19 +89,88 @@ def test_flip_tta_averages_the_mirrored_prediction():
     assert predict_logits(model, images, tta=True)[0, 0, 0].tolist() == [1.5, 1.5, 1.5, 1.5]
 
 
-def test_per_image_rows_hold_dice_iou_and_foreground_fraction():
+def test_per_image_rows_hold_the_headline_scores_and_foreground_fraction():
     truth = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]).reshape(2, 1, 1, 4)
     logits = torch.cat([logits_of([0.9, 0.2, 0.8, 0.1]), logits_of([0.1, 0.1, 0.1, 0.1])])
     predictions = SplitPredictions(
         "test", ["a", "b"], np.zeros((2, 1, 4, 3), np.uint8), truth, logits, loss=0.0, classes=PERSON
     )
     rows = predictions.per_image(0.5)
+    assert [list(row) for row in rows] == [list(PER_IMAGE_FIELDS)] * 2
     assert [row["id"] for row in rows] == ["a", "b"]
+    # a: TP 1 (first pixel), FP 1 (third), FN 1 (second).
     assert rows[0]["dice"] == pytest.approx(0.5) and rows[0]["iou"] == pytest.approx(1 / 3)
+    assert (rows[0]["precision"], rows[0]["recall"]) == (0.5, 0.5)
     assert rows[0]["foreground_fraction"] == 0.5
-    assert rows[1] == {"id": "b", "dice": 1.0, "iou": 1.0, "foreground_fraction": 0.0}  # empty and predicted empty
+    # Empty and predicted empty: perfect.
+    assert rows[1] == {"id": "b", "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "foreground_fraction": 0.0}
     assert predictions.predicted_masks(0.5)[0, 0].tolist() == [True, False, True, False]
     assert predictions.scores(0.5)["test_dice"] == pytest.approx(0.75)
+
+
+def test_each_headline_score_is_the_mean_of_its_per_image_column_for_a_multiclass_model():
+    classes = ClassSpec(("background", "cat", "dog"), None)
+    rng = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 3, (6, 1, 4, 4), generator=rng).float()
+    logits = torch.randn(6, 3, 4, 4, generator=rng)
+    predictions = SplitPredictions(
+        "test", list("abcdef"), np.zeros((6, 4, 4, 3), np.uint8), truth, logits, 0.0, classes
+    )
+    rows, scores = predictions.per_image(None), predictions.scores(None)
+    for name in HEADLINE_METRICS:
+        assert np.mean([row[name] for row in rows]) == pytest.approx(scores[f"test_{name}"]), name
+    # A row is the image's mean over the classes after background, not over all three.
+    assert scores["test_dice"] == pytest.approx((scores["test_dice_cat"] + scores["test_dice_dog"]) / 2)
+
+
+def test_the_headline_holds_each_score_with_its_interval_and_the_details_the_rest():
+    from pipeline.evaluate.evaluation import headline_and_details
+
+    values = [0.2, 0.9, 0.6, 0.8, 0.7]
+    rows = [{name: value for name in HEADLINE_METRICS} for value in values]
+    scores = {"test_loss": 0.3, "test_pixel_accuracy": 0.9, "test_dice_cat": 0.1}
+    scores.update({f"test_{name}": float(np.mean(values)) for name in HEADLINE_METRICS})
+    scores.update({f"test_{name}_pooled": 0.5 for name in HEADLINE_METRICS})
+    headline, details = headline_and_details(scores, interval_bounds("test", rows))
+    assert list(headline) == [
+        *(
+            f"test_{name}{part}"
+            for name in ("dice", "iou", "precision", "recall")
+            for part in ("", "_ci_low", "_ci_high")
+        ),
+        "test_loss",
+    ]
+    interval = bootstrap_mean(values)
+    assert (headline["test_recall_ci_low"], headline["test_recall_ci_high"]) == (interval.low, interval.high)
+    assert headline["test_iou_ci_low"] < headline["test_iou"] < headline["test_iou_ci_high"]
+    assert details == {
+        "test_pixel_accuracy": 0.9,
+        "test_dice_cat": 0.1,
+        **{f"test_{name}_pooled": 0.5 for name in HEADLINE_METRICS},
+    }
+
+
+def test_the_evaluation_run_records_every_score_and_the_summary_the_headline():
+    from pipeline.evaluate.evaluation import Evaluation
+    from pipeline.evaluate.export import ExportCheck
+
+    headline = {}
+    for index, name in enumerate(HEADLINE_METRICS):
+        headline.update({f"test_{name}": 0.8 - index / 10, f"test_{name}_ci_low": 0.7, f"test_{name}_ci_high": 0.9})
+    headline.update(test_loss=0.3, threshold=0.45, val_dice_deployed=0.81)
+    evaluation = Evaluation(headline, {"test_dice_pooled": 0.85}, ExportCheck(1.13e-06, 1.0, 29, 29 * 64 * 64))
+    assert evaluation.run_metrics() == {
+        **headline,
+        "test_dice_pooled": 0.85,
+        "export_max_abs_probability_diff": 1.13e-06,
+        "export_mask_agreement": 1.0,
+    }
+    summary = evaluation.summary()
+    assert "test_dice 0.8000 [0.7000, 0.9000]  test_iou 0.7000 [0.7000, 0.9000]  test_precision" in summary
+    assert (
+        "test_recall 0.5000 [0.7000, 0.9000]  test_loss 0.3000  threshold 0.4500  val_dice_deployed 0.8100\n" in summary
+    )
+    assert "pooled" not in summary and "ci_low" not in summary
 
 
 def test_gallery_picks_worst_then_best_without_repeats():
@@ -177,7 +247,8 @@ def _card(params, data_hash: str, classes, source: str = "https://example.com/pe
     from pipeline.model.metrics import METRIC_FUNCTIONS
 
     metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
-    metrics.update(test_dice=0.8125, threshold=0.35)
+    metrics.update({f"test_{name}_ci_{bound}": 0.5 for name in HEADLINE_METRICS for bound in ("low", "high")})
+    metrics.update(test_dice=0.8125, test_dice_ci_low=0.7801, test_dice_ci_high=0.8664, threshold=0.35)
     return render_card(
         run_id="r1",
         params=parse_config(params).flat(),
@@ -200,6 +271,8 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
     assert "Human-Segmentation dataset of photos of people, from `https://example.com/people.zip`" in card
     assert "Person when the predicted probability is at least **0.35** (maximises mean Dice" in card
     assert "| dice | 0.8125 | 0.5000 |" in card
+    assert "95% bootstrap interval over the 29 test\nimages" in card
+    assert "- Dice 0.812 [0.780, 0.866]\n- IoU 0.500 [0.500, 0.500]\n- precision 0.500 [0.500, 0.500]\n" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
     assert (
         "## Champion selection\n`val_dice_deployed` 0.8000, the mean per-image Dice at this model's threshold" in card

@@ -71,12 +71,16 @@ def test_per_class_metrics_beat_chance(project):
     for class_id, name in enumerate(CLASSES):
         assert achieved[class_id] > chance[class_id] + 0.1, (name, achieved[class_id], chance[class_id])
     evaluation = read_json(project / "metrics" / "evaluate.json")
+    details = read_json(project / "metrics" / "evaluate_details.json")
     for name in CLASSES:
-        assert 0 < evaluation[f"test_iou_{name}"] <= evaluation[f"test_dice_{name}"] <= 1
+        assert 0 < details[f"test_iou_{name}"] <= details[f"test_dice_{name}"] <= 1
     # The headline is the mean over the foreground classes; binary-only keys are absent.
-    assert evaluation["test_dice"] == pytest.approx(
-        (evaluation["test_dice_ellipse"] + evaluation["test_dice_rectangle"]) / 2
-    )
+    assert evaluation["test_dice"] == pytest.approx((details["test_dice_ellipse"] + details["test_dice_rectangle"]) / 2)
+    assert not [key for key in evaluation if key.endswith(tuple(CLASSES))]
+    # Each per-image row is the image's mean over the foreground classes: the columns average to the headline.
+    per_image = list(csv.DictReader((project / "metrics" / "test_per_image.csv").open()))
+    for name in ("dice", "iou", "precision", "recall"):
+        assert np.mean([float(row[name]) for row in per_image]) == pytest.approx(evaluation[f"test_{name}"]), name
     assert "threshold" not in evaluation and 0 < evaluation["val_dice_deployed"] <= 1
     # Nor does the deployable model carry a threshold: a pixel takes its most probable class.
     exported = onnx.load(project / "models" / "model.onnx")
@@ -104,7 +108,7 @@ def test_history_and_mlflow_hold_per_class_curves(project):
     evaluation_run_id = read_json(project / "models" / "evaluation_run.json")["run_id"]
     assert (
         client.get_run(evaluation_run_id).data.metrics["test_dice_ellipse"]
-        == read_json(project / "metrics" / "evaluate.json")["test_dice_ellipse"]
+        == read_json(project / "metrics" / "evaluate_details.json")["test_dice_ellipse"]
     )
 
 

@@ -57,13 +57,29 @@ def all_foreground_dice(split: Path) -> float:
     return float(np.mean(2 * foreground / (foreground + masks[0].size)))
 
 
+def bootstrap_bounds(values: np.ndarray) -> tuple[float, float]:
+    """The 95 % percentile bootstrap interval of the mean of ``values``, computed here rather
+    than by the pipeline: 10,000 resamples with replacement, drawn with seed 0."""
+    draws = np.random.default_rng(0).integers(0, len(values), size=(10_000, len(values)))
+    low, high = np.quantile(values[draws].mean(axis=1), [0.025, 0.975])
+    return float(low), float(high)
+
+
 def test_metrics_files_hold_sane_numbers(project):
     train = read_json(project / "metrics" / "train.json")
     assert train["best_epoch"] in (1, 2)
     assert 0 < train["best_val_loss"] < 5 and 0 <= train["val_dice_at_best"] <= 1
     evaluation = read_json(project / "metrics" / "evaluate.json")
-    for name in ("test_dice", "test_iou", "test_pixel_accuracy", "test_precision", "test_recall"):
-        assert 0 <= evaluation[name] <= 1, name
+    scores = ("dice", "iou", "precision", "recall")
+    # The headline alone: each score with its interval, the loss, the threshold, the selection score.
+    assert list(evaluation) == [
+        *(f"test_{name}{part}" for name in scores for part in ("", "_ci_low", "_ci_high")),
+        *("test_loss", "threshold", "val_dice_deployed"),
+    ]
+    details = read_json(project / "metrics" / "evaluate_details.json")
+    assert set(details) == {"test_pixel_accuracy"} | {f"test_{name}_pooled" for name in (*scores, "pixel_accuracy")}
+    for name, value in {**evaluation, **details}.items():
+        assert 0 <= value <= 1 or name == "test_loss", name
     assert evaluation["test_dice"] > all_foreground_dice(project / "data" / "split")
     # evaluate.threshold is `auto`: the sweep's best on val.
     sweep = list(csv.DictReader((project / "metrics" / "threshold_sweep.csv").open()))
@@ -72,11 +88,20 @@ def test_metrics_files_hold_sane_numbers(project):
     assert [row["threshold"] for row in sweep if row["chosen"] == "1"] == [str(evaluation["threshold"])]
     assert float(best["dice"]) == pytest.approx(evaluation["val_dice_deployed"])
     per_image = list(csv.DictReader((project / "metrics" / "test_per_image.csv").open()))
-    assert list(per_image[0]) == ["id", "dice", "iou", "foreground_fraction"] and len(per_image) == 29
-    assert np.mean([float(row["dice"]) for row in per_image]) == pytest.approx(evaluation["test_dice"])
+    assert list(per_image[0]) == ["id", *scores, "foreground_fraction"] and len(per_image) == 29
+    # Each headline score and its interval follow from the per-image file alone.
+    for name in scores:
+        column = np.array([float(row[name]) for row in per_image])
+        assert column.mean() == pytest.approx(evaluation[f"test_{name}"], rel=1e-6), name
+        bounds = (evaluation[f"test_{name}_ci_low"], evaluation[f"test_{name}_ci_high"])
+        assert bounds == pytest.approx(bootstrap_bounds(column), abs=1e-12), name
+        assert bounds[0] <= evaluation[f"test_{name}"] <= bounds[1], name
+    assert evaluation["test_dice_ci_low"] < evaluation["test_dice_ci_high"]
     assert cv2.imread(str(project / "metrics" / "gallery.png")).shape[1] > 700
     card = (project / "models" / "model_card.md").read_text()
     assert read_json(project / "data" / "split" / "split.json")["data_hash"] in card and "Intended use" in card
+    dice = (evaluation[key] for key in ("test_dice", "test_dice_ci_low", "test_dice_ci_high"))
+    assert "- Dice {:.3f} [{:.3f}, {:.3f}]\n".format(*dice) in card
     history = (project / "metrics" / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr,epoch_seconds" and len(history) == 3
 
@@ -104,8 +129,11 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
     assert evaluation_run.data.tags["mlflow.parentRunId"] == run.info.run_id
     assert evaluation_run.info.run_name == f"{run.info.run_name} evaluation"
     assert evaluation_run.data.params == {"evaluate.threshold": "auto", "evaluate.tta": "False"}
+    # Every score evaluate wrote, the headline's intervals and the details, and the export check.
     evaluation = read_json(project / "metrics" / "evaluate.json")
-    assert evaluation_run.data.metrics["test_dice"] == pytest.approx(evaluation["test_dice"])
+    scores = {**evaluation, **read_json(project / "metrics" / "evaluate_details.json")}
+    assert {name: evaluation_run.data.metrics[name] for name in scores} == pytest.approx(scores)
+    assert "test_recall_ci_high" in scores and "test_dice_pooled" in scores
     logged = {artifact.path for artifact in client.list_artifacts(evaluation_run.info.run_id, "evaluation")}
     assert logged == {
         f"evaluation/{name}"
@@ -133,6 +161,11 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     }
     evaluation = read_json(project / "metrics" / "evaluate.json")
     assert float(version.tags["test_dice"]) == evaluation["test_dice"] and version.tags["alias_decision"] == "champion"
+    # The headline with its intervals is searchable; the details stay in the evaluation run.
+    assert {key for key in version.tags if key.startswith("test_")} == {
+        *(key for key in evaluation if key.startswith("test_")),
+        "test_set",
+    }
     deployed = evaluation["val_dice_deployed"]
     assert float(version.tags["val_dice_deployed"]) == decision["val_dice_deployed"] == deployed
     assert version.tags["alias_metric"] == "val_dice_deployed"

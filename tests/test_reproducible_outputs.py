@@ -1,6 +1,7 @@
 """Identical params and data give identical bytes: the tiny pipeline, run in two copies of the
-project, writes the same split, report, checkpoint, ONNX model (its inference settings included)
-and test metrics, so DVC sees an unchanged output and a colleague's rerun matches the team's cache."""
+project, writes the same split, report, checkpoint, ONNX model (its inference settings included),
+test metrics and their bootstrap intervals (seeded) and per-image scores, so DVC sees an
+unchanged output and a colleague's rerun matches the team's cache."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ IDENTICAL = (
     "models/best.pt",
     "models/model.onnx",
     "metrics/evaluate.json",
+    "metrics/evaluate_details.json",
+    "metrics/test_per_image.csv",
 )
 
 

@@ -17,11 +17,15 @@ ONNX_MODEL = Path("models/model.onnx")
 REGISTRY_DECISION = Path("models/registry.json")
 TRAIN_METRICS = Path("metrics/train.json")
 TRAIN_HISTORY = Path("metrics/history.csv")
+# The headline test scores with their intervals, the threshold and the champion decision's score
+# (what `dvc metrics show` prints); everything else evaluate scores goes to EVALUATE_DETAILS.
 EVALUATE_METRICS = Path("metrics/evaluate.json")
+EVALUATE_DETAILS = Path("metrics/evaluate_details.json")
 # Its entry the register stage decides the alias on: the validation Dice of the model as it is
 # deployed (its threshold or top class, its TTA).
 VAL_DICE_DEPLOYED = "val_dice_deployed"
-EXPORT_METRICS = Path("metrics/export.json")
+# onnxruntime against PyTorch on test: a verification record, not a score.
+EXPORT_CHECK = Path("metrics/export.json")
 THRESHOLD_SWEEP = Path("metrics/threshold_sweep.csv")
 TEST_PER_IMAGE = Path("metrics/test_per_image.csv")
 GALLERY = Path("metrics/gallery.png")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.classes import ClassSpec
+from ..core.intervals import CONFIDENCE
 from ..core.splits import SplitInfo
 from ..model.metrics import METRIC_FUNCTIONS
+from .predictions import HEADLINE_METRICS, headline_interval
 
 TRACKING_PARAMS = "mlflow."
 
@@ -21,6 +23,10 @@ validated on video, crowds or medical or surveillance imagery."""
 REFERENCE_LIMITS = """Trained on a few hundred images of a single source: expect lower quality on other kinds of
   photos (unusual poses, several overlapping people, people small in the frame, strong
   backlight)."""
+
+
+# How the card names the HEADLINE_METRICS.
+HEADLINE_NAMES = {"dice": "Dice", "iou": "IoU", "precision": "precision", "recall": "recall"}
 
 
 def _binary_sections(classes: ClassSpec, metrics: dict[str, float], threshold_source: str) -> dict[str, str]:
@@ -99,6 +105,10 @@ def render_card(
         f"| {name} | {metrics[f'test_{name}']:.4f} | {metrics[f'test_{name}_pooled']:.4f} |"
         for name in METRIC_FUNCTIONS
     )
+    headline = "\n".join(
+        f"- {HEADLINE_NAMES[name]} {headline_interval(metrics, name, counts['test']).describe()}"
+        for name in HEADLINE_METRICS
+    )
     worst_lines = "\n".join(
         f"- `{row['id']}`: Dice {row['dice']:.3f}, "
         f"{text['subject']} covers {row['foreground_fraction']:.0%} of the image"
@@ -141,6 +151,12 @@ served model apply both.
 
 ## Test metrics
 {text["metrics_at"]}, on the {counts["test"]} test images (definitions: docs/metrics.md).
+
+Mean per image, in brackets its {CONFIDENCE:.0%} bootstrap interval over the {counts["test"]} test
+images: how much the score depends on which images were drawn for test. Training noise is not
+in it (another `train.seed` trains another model).
+
+{headline}
 
 | metric | mean per image | pooled over pixels |
 |---|---|---|

@@ -16,7 +16,16 @@ from .card import render_card
 from .confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
 from .export import ExportCheck, export_verified
 from .gallery import CASES_EACH, render_gallery
-from .predictions import PER_IMAGE_FIELDS, SplitPredictions, load_for_evaluation, predict_split
+from .predictions import (
+    HEADLINE_METRICS,
+    PER_IMAGE_FIELDS,
+    SplitPredictions,
+    headline_interval,
+    interval_bounds,
+    interval_names,
+    load_for_evaluation,
+    predict_split,
+)
 from .thresholds import SWEEP_FILE_FIELDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 
 # The files evaluate writes that the training run keeps as artifacts.
@@ -33,18 +42,38 @@ REPORTS = (
 @dataclass(frozen=True)
 class Evaluation:
     metrics: dict[str, float]  # as written to metrics/evaluate.json
+    details: dict[str, float]  # as written to metrics/evaluate_details.json
     export: ExportCheck
 
     def run_metrics(self) -> dict[str, float]:
-        """What the training run records of this evaluation."""
-        return {**self.metrics, **self.export.run_metrics()}
+        """What the evaluation run records: every score, and the export check."""
+        return {**self.metrics, **self.details, **self.export.run_metrics()}
 
     def summary(self) -> str:
-        scores = "  ".join(f"{key} {value:.4f}" for key, value in self.metrics.items() if not key.endswith("_pooled"))
+        images = self.export.images  # the test split's, all of which the export check ran on
+        described = {
+            f"test_{name}": headline_interval(self.metrics, name, images).describe(4) for name in HEADLINE_METRICS
+        }
+        # The rest of the headline: the loss, the threshold and the champion decision's score.
+        rest = {key: f"{value:.4f}" for key, value in self.metrics.items() if not key.startswith(tuple(described))}
+        scores = "  ".join(f"{key} {text}" for key, text in {**described, **rest}.items())
         return (
             f"evaluate: {scores}\nevaluate: exported {paths.ONNX_MODEL}; onnxruntime vs PyTorch fp32 on test: "
             f"{self.export.summary()}"
         )
+
+
+def headline_and_details(scores: dict[str, float], bounds: dict[str, float]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Test ``scores`` split in two: the headline (metrics/evaluate.json: each HEADLINE_METRICS
+    score followed by its interval ``bounds``, then the loss) and the details
+    (metrics/evaluate_details.json: pixel accuracy, the pooled variants, per-class scores)."""
+    details = dict(scores)
+    headline: dict[str, Any] = {}
+    for name in HEADLINE_METRICS:
+        headline[f"test_{name}"] = details.pop(f"test_{name}")
+        headline.update({key: bounds[key] for key in interval_names("test", name)})
+    headline["test_loss"] = details.pop("test_loss")
+    return headline, details
 
 
 def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
@@ -75,7 +104,8 @@ def evaluate_checkpoint(
     val = predict_split(model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
     threshold, curve, threshold_source = choose_threshold(cfg, val)
     test = predict_split(model, loss_fn, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
-    metrics: dict[str, Any] = test.scores(threshold)
+    per_image = test.per_image(threshold)
+    metrics, details = headline_and_details(test.scores(threshold), interval_bounds(test.split, per_image))
     if test.classes.binary:
         metrics["threshold"] = threshold
     metrics[paths.VAL_DICE_DEPLOYED] = val.metrics(threshold).compute()["dice"]
@@ -83,7 +113,6 @@ def evaluate_checkpoint(
     # First: a model whose export disagrees with PyTorch writes nothing, so nothing is registered.
     export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
 
-    per_image = test.per_image(threshold)
     write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FILE_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
     confusion = test.metrics(threshold).confusion
@@ -100,7 +129,7 @@ def evaluate_checkpoint(
         encoder_weights_sha256=encoder_weights_sha256,
         params=cfg.flat(),
         split_info=split_info,
-        metrics=metrics,
+        metrics={**metrics, **details},
         val_dice=metrics[paths.VAL_DICE_DEPLOYED],
         threshold_source=threshold_source,
         worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
@@ -108,5 +137,6 @@ def evaluate_checkpoint(
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
-    write_json(paths.EXPORT_METRICS, export.to_dict())
-    return Evaluation(metrics, export)
+    write_json(paths.EVALUATE_DETAILS, details)
+    write_json(paths.EXPORT_CHECK, export.to_dict())
+    return Evaluation(metrics, details, export)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..core.classes import ClassSpec
 from ..core.device import resolve_device
+from ..core.intervals import Interval, bootstrap_mean
 from ..core.splits import SplitInfo, load_split
 from ..model.checkpoint import checkpoint_classes, checkpoint_loss, load_model
 from ..model.inputs import SegmentationDataset, eval_transform
@@ -22,7 +23,31 @@ from ..model.outputs import class_probabilities, predict_logits, predicted_class
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
-PER_IMAGE_FIELDS = ("id", "dice", "iou", "foreground_fraction")
+# The scores reported with their bootstrap interval over the images (docs/metrics.md,
+# "Intervals"): each image's score is a column of the per-image file, and their mean the headline.
+HEADLINE_METRICS = ("dice", "iou", "precision", "recall")
+PER_IMAGE_FIELDS = ("id", *HEADLINE_METRICS, "foreground_fraction")
+
+
+def interval_names(split: str, name: str) -> tuple[str, str]:
+    """The keys of ``<split>_<name>``'s interval bounds in metrics/evaluate.json and MLflow."""
+    return f"{split}_{name}_ci_low", f"{split}_{name}_ci_high"
+
+
+def headline_interval(metrics: dict[str, float], name: str, images: int) -> Interval:
+    """``test_<name>`` of ``images`` test images and its interval, as metrics/evaluate.json holds them."""
+    low, high = (metrics[key] for key in interval_names("test", name))
+    return Interval(metrics[f"test_{name}"], low, high, images)
+
+
+def interval_bounds(split: str, per_image: list[dict[str, object]]) -> dict[str, float]:
+    """The bounds of each HEADLINE_METRICS score's bootstrap interval over the rows
+    ``SplitPredictions.per_image`` gave for ``split``, named as interval_names gives them."""
+    bounds: dict[str, float] = {}
+    for name in HEADLINE_METRICS:
+        interval = bootstrap_mean([float(row[name]) for row in per_image])
+        bounds.update(zip(interval_names(split, name), (interval.low, interval.high), strict=True))
+    return bounds
 
 
 @dataclass
@@ -49,13 +74,13 @@ class SplitPredictions:
         return {f"{self.split}_{name}": value for name, value in scores.items()}
 
     def per_image(self, threshold: float | None) -> list[dict[str, object]]:
+        """A row per image: its id, its HEADLINE_METRICS scores and the share of it that is foreground."""
         metrics = self.metrics(threshold)
-        foreground = (self.masks > 0).float().mean(dim=(1, 2, 3))
+        scores = {name: metrics.per_image(name).tolist() for name in HEADLINE_METRICS}
+        foreground = (self.masks > 0).float().mean(dim=(1, 2, 3)).tolist()
         return [
-            {"id": id_, "dice": float(dice), "iou": float(iou), "foreground_fraction": float(fraction)}
-            for id_, dice, iou, fraction in zip(
-                self.ids, metrics.per_image("dice"), metrics.per_image("iou"), foreground, strict=True
-            )
+            {"id": id_, **{name: values[index] for name, values in scores.items()}, "foreground_fraction": fraction}
+            for index, (id_, fraction) in enumerate(zip(self.ids, foreground, strict=True))
         ]
 
     def predicted_masks(self, threshold: float | None) -> np.ndarray:

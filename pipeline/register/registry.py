@@ -131,8 +131,9 @@ def version_tags(
     training_tags: dict[str, str], split_info: SplitInfo, metrics: dict[str, float], val_dice: float
 ) -> dict[str, str]:
     """Provenance from the training run, the identities of the validation and test sets, the
-    selection score and the test metrics at full precision (a rounded champion score could lose
-    a tie to its own re-evaluation)."""
+    selection score and the headline test metrics with their intervals (metrics/evaluate.json;
+    the details stay in the evaluation run), at full precision (a rounded champion score could
+    lose a tie to its own re-evaluation)."""
     provenance = {key: training_tags.get(key, "unknown") for key in ("data_hash", "git_commit")}
     scores = {key: repr(value) for key, value in metrics.items() if key.startswith("test_") or key == "threshold"}
     return {
