@@ -4,6 +4,7 @@ import torch
 
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.intervals import bootstrap_mean
+from pipeline.core.splits import write_photo_size_mask
 from pipeline.evaluate.gallery import (
     BACKGROUND,
     PANEL,
@@ -14,7 +15,13 @@ from pipeline.evaluate.gallery import (
     pick_cases,
     render_gallery,
 )
-from pipeline.evaluate.predictions import HEADLINE_METRICS, PER_IMAGE_FIELDS, SplitPredictions, interval_bounds
+from pipeline.evaluate.predictions import (
+    HEADLINE_METRICS,
+    PER_IMAGE_FIELDS,
+    PhotoSizePredictions,
+    SplitPredictions,
+    interval_bounds,
+)
 from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 from pipeline.model.outputs import predict_logits
 from pipeline.serve.palette import (
@@ -173,6 +180,64 @@ def test_the_evaluation_run_records_every_score_and_the_summary_the_headline():
     assert "pooled" not in summary and "ci_low" not in summary
 
 
+def test_test_scores_at_photo_size_are_those_of_the_resized_probabilities_against_the_full_mask(tmp_path):
+    # Network output at 2 x 2: a left column of 0.9 (a right one of 0.1), and 0.1 everywhere. The
+    # squashed truths agree with it exactly; the full-size ones (2 x 6, aspect 3:1; 8 x 8 with a
+    # 1-px line the squash erased) do not.
+    logits = torch.cat([logits_of([0.9, 0.1, 0.9, 0.1]), logits_of([0.1] * 4)]).reshape(2, 1, 2, 2)
+    truth = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]]).reshape(2, 1, 2, 2)
+    predictions = SplitPredictions(
+        "test", ["a", "b"], np.zeros((2, 2, 2, 3), np.uint8), truth, logits, loss=0.25, classes=PERSON
+    )
+    left_third = np.zeros((2, 6), np.uint8)
+    left_third[:, :2] = 1
+    line = np.zeros((8, 8), np.uint8)
+    line[3] = 1
+    for index, mask in enumerate((left_third, line)):
+        write_photo_size_mask(tmp_path, "test", index, mask)
+    at_photo_size = PhotoSizePredictions(predictions, tmp_path)
+    # Linear interpolation from 2 to 6 columns: 0.9, 0.9, 0.633, 0.367, 0.1, 0.1, so columns 0-2 are
+    # the person: a: TP 4, FP 2, FN 0 (Dice 0.8, IoU 2/3); b: predicted empty, TP 0, FN 8 (Dice 0).
+    scores = at_photo_size.scores(0.5)
+    assert scores["test_loss"] == 0.25
+    assert scores["test_dice"] == pytest.approx((0.8 + 0) / 2)
+    assert scores["test_iou"] == pytest.approx((2 / 3 + 0) / 2)
+    assert scores["test_precision"] == pytest.approx((2 / 3 + 1) / 2)  # b predicts nothing: 0/0 counts 1
+    assert scores["test_recall"] == pytest.approx((1 + 0) / 2)
+    assert scores["test_dice_pooled"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 8))
+    assert predictions.scores_at_input_size(0.5)["test_dice_at_input_size"] == 1.0
+    assert at_photo_size.per_image(0.5) == [
+        {
+            "id": "a",
+            "dice": pytest.approx(0.8),
+            "iou": pytest.approx(2 / 3),
+            "precision": pytest.approx(2 / 3),
+            "recall": 1.0,
+            "foreground_fraction": pytest.approx(4 / 12),
+        },
+        {"id": "b", "dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "foreground_fraction": 8 / 64},
+    ]
+    assert at_photo_size.metrics(0.5).confusion.tolist() == [[6 + 56, 2], [8, 4]]
+    assert at_photo_size.per_image(0.7)[0]["dice"] == 1.0  # column 2's interpolated 0.633 is cut off
+
+
+def test_multi_class_scores_at_photo_size_take_the_top_class_of_the_resized_probabilities(tmp_path):
+    classes = ClassSpec(("background", "ellipse", "rectangle"), None)
+    # At 2 x 2 the left column is ellipse, the right one rectangle; at 2 x 6 the third column leans left.
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 1, :, 0] = logits[0, 2, :, 1] = 4.0
+    truth = torch.tensor([1.0, 2, 1, 2]).reshape(1, 1, 2, 2)
+    predictions = SplitPredictions("test", ["a"], np.zeros((1, 2, 2, 3), np.uint8), truth, logits, 0.0, classes)
+    full = np.array([[1, 1, 2, 2, 2, 2]] * 2, np.uint8)
+    write_photo_size_mask(tmp_path, "test", 0, full)
+    scores = PhotoSizePredictions(predictions, tmp_path).scores(None)
+    # Ellipse: predicted in columns 0-2, true in 0-1 (Dice 8/10); rectangle: 3-5 against 2-5 (Dice 12/14).
+    assert scores["test_dice_ellipse"] == pytest.approx(0.8)
+    assert scores["test_dice_rectangle"] == pytest.approx(12 / 14)
+    assert scores["test_dice"] == pytest.approx((0.8 + 12 / 14) / 2)
+    assert predictions.scores_at_input_size(None)["test_dice_at_input_size"] == 1.0
+
+
 def test_gallery_picks_worst_then_best_without_repeats():
     assert pick_cases([0.5, 0.1, 0.9, 0.3, 0.7], count=2) == [
         ("worst 1", 1),
@@ -249,6 +314,7 @@ def _card(params, data_hash: str, classes, source: str = "https://example.com/pe
     metrics = {f"test_{name}{suffix}": 0.5 for name in METRIC_FUNCTIONS for suffix in ("", "_pooled")}
     metrics.update({f"test_{name}_ci_{bound}": 0.5 for name in HEADLINE_METRICS for bound in ("low", "high")})
     metrics.update(test_dice=0.8125, test_dice_ci_low=0.7801, test_dice_ci_high=0.8664, threshold=0.35)
+    metrics.update(test_dice_at_input_size=0.84375)
     return render_card(
         run_id="r1",
         params=parse_config(params).flat(),
@@ -273,6 +339,7 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
     assert "| dice | 0.8125 | 0.5000 |" in card
     assert "95% bootstrap interval over the 29 test\nimages" in card
     assert "- Dice 0.812 [0.780, 0.866]\n- IoU 0.500 [0.500, 0.500]\n- precision 0.500 [0.500, 0.500]\n" in card
+    assert "(mean test\n  Dice there 0.8438)" in card
     assert "`260`: Dice 0.267, person covers 12% of the image" in card
     assert (
         "## Champion selection\n`val_dice_deployed` 0.8000, the mean per-image Dice at this model's threshold" in card

@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from pipeline.core.files import read_json
+from pipeline.core.splits import SplitInfo, read_photo_size_masks
 from tests.helpers.project import STAGES, copy_project, load_params, repro, run, tiny_params, write_params
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +59,13 @@ def chance_iou(truth: np.ndarray) -> np.ndarray:
     return np.max([np.nan_to_num(pooled_iou(confusion_of(guess, truth))) for guess in blind], axis=0)
 
 
+def photo_size_truth(project: Path) -> np.ndarray:
+    """Every test pixel's true class, at its photo's own size, where the confusion matrix counts it."""
+    split = project / "data" / "split"
+    masks = read_photo_size_masks(split, "test", SplitInfo.read(split).counts["test"])
+    return np.concatenate([mask.ravel() for mask in masks])
+
+
 def read_confusion(project: Path) -> np.ndarray:
     rows = list(csv.DictReader((project / "metrics" / "confusion.csv").open()))
     assert [(row["actual"], row["predicted"]) for row in rows] == [(a, p) for a in CLASSES for p in CLASSES]
@@ -65,7 +73,7 @@ def read_confusion(project: Path) -> np.ndarray:
 
 
 def test_per_class_metrics_beat_chance(project):
-    truth = np.load(project / "data" / "split" / "test" / "masks.npy")
+    truth = photo_size_truth(project)
     assert set(np.unique(truth).tolist()) == {0, 1, 2}
     achieved, chance = pooled_iou(read_confusion(project)), chance_iou(truth)
     for class_id, name in enumerate(CLASSES):
@@ -89,7 +97,7 @@ def test_per_class_metrics_beat_chance(project):
 
 
 def test_confusion_matrix_counts_every_test_pixel(project):
-    truth = np.load(project / "data" / "split" / "test" / "masks.npy")
+    truth = photo_size_truth(project)
     assert read_confusion(project).sum(axis=1).tolist() == np.bincount(truth.ravel(), minlength=len(CLASSES)).tolist()
     assert cv2.imread(str(project / "metrics" / "confusion.png")) is not None
     assert "Per class (mean per image)" in (project / "models" / "model_card.md").read_text()

@@ -22,6 +22,10 @@ import pytest
 from ruamel.yaml import YAML
 
 from pipeline.core.files import read_json
+from pipeline.core.paths import AT_INPUT_SIZE
+from pipeline.core.splits import SplitInfo
+from pipeline.split.layouts import find_inventory
+from pipeline.split.samples import read_pair
 from tests.helpers import browser
 from tests.helpers.httpserver import closed_port_url
 from tests.helpers.modelstore import project_client
@@ -77,7 +81,9 @@ def test_metrics_files_hold_sane_numbers(project):
         *("test_loss", "threshold", "val_dice_deployed"),
     ]
     details = read_json(project / "metrics" / "evaluate_details.json")
-    assert set(details) == {"test_pixel_accuracy"} | {f"test_{name}_pooled" for name in (*scores, "pixel_accuracy")}
+    at_photo_size = {"test_pixel_accuracy"} | {f"test_{name}_pooled" for name in (*scores, "pixel_accuracy")}
+    at_input_size = {f"test_{name}{AT_INPUT_SIZE}" for name in scores} | {f"{name}{AT_INPUT_SIZE}" for name in at_photo_size}
+    assert set(details) == at_photo_size | at_input_size
     for name, value in {**evaluation, **details}.items():
         assert 0 <= value <= 1 or name == "test_loss", name
     assert evaluation["test_dice"] > all_foreground_dice(project / "data" / "split")
@@ -235,6 +241,25 @@ def test_predict_backends_agree_on_the_test_split_and_write_soft_masks(project, 
         assert not ((soft < threshold - 1) & (onnx_mask == 255)).any()
     assert equal / total >= 0.999
     assert ", onnxruntime)" in _predict(project, photos[:1], tmp_path / "default").stdout
+
+
+def test_predicts_masks_of_the_test_photos_score_the_headline_test_dice_against_the_original_masks(project, tmp_path):
+    """A user's check: predict on the original test photos, Dice of its masks against the original
+    masks (repaired as the split stage repairs them, at the photo's size), mean over the photos."""
+    info = SplitInfo.read(project / "data" / "split")
+    pairs = {pair.id: pair for pair in find_inventory(project / "data" / "raw", "auto").pairs}
+    test_pairs = [pairs[id_] for id_ in info.ids["test"]]
+    _predict(project, [pair.image for pair in test_pairs], tmp_path / "masks")
+    dice = []
+    for pair in test_pairs:
+        truth = read_pair(pair, pair.image.read_bytes(), pair.mask.read_bytes(), info.classes).mask > 0
+        predicted = cv2.imread(str(tmp_path / "masks" / f"{pair.image.stem}.png"), cv2.IMREAD_UNCHANGED) > 0
+        assert predicted.shape == truth.shape == cv2.imread(str(pair.image)).shape[:2]
+        both = truth.sum() + predicted.sum()
+        dice.append(2 * (truth & predicted).sum() / both if both else 1.0)
+    evaluation = read_json(project / "metrics" / "evaluate.json")
+    # Only pixels the two backends' probabilities put on opposite sides of the threshold may differ.
+    assert np.mean(dice) == pytest.approx(evaluation["test_dice"], abs=0.001)
 
 
 def test_example_client_segments_a_photo_with_the_onnx_file_alone(project, tmp_path):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.core.config import DataConfig, SplitConfig
 from pipeline.core.errors import DataError
-from pipeline.core.splits import SplitInfo, load_split
+from pipeline.core.splits import PHOTO_SIZE_MASKS, SplitInfo, load_split, read_photo_size_masks
 from pipeline.split.preparation import build_split
 from pipeline.split.report import format_summary
 from tests.helpers.datasets import make_dataset
@@ -199,3 +199,29 @@ def test_the_reference_layout_from_a_csv_with_exif_rotated_photos(tmp_path: Path
             "repairs": ["image turned upright per EXIF orientation 8, as viewers and predict show it"],
         }
     ]
+
+
+def test_the_test_split_keeps_its_repaired_masks_at_each_photos_own_size(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
+    images.mkdir(parents=True), masks.mkdir(parents=True)
+    drawn = {}
+    for index in range(10):
+        height = 2 * (15 + 3 * index)  # each photo a size of its own, none square
+        mask = np.zeros((height // 2, 30), np.uint8)  # drawn at half the photo's size: split resizes it
+        mask[rng.integers(0, height // 4) :, rng.integers(0, 15) :][:5, :7] = 255
+        drawn[f"{index:03d}"] = mask
+        cv2.imwrite(str(images / f"{index:03d}.jpg"), rng.integers(0, 255, (height, 60, 3), dtype=np.uint8))
+        cv2.imwrite(str(masks / f"{index:03d}.png"), mask)
+    run(tmp_path, tmp_path / "raw")
+    split = tmp_path / "out" / "split"
+    test_ids = SplitInfo.read(split).ids["test"]
+    stored = list(read_photo_size_masks(split, "test", len(test_ids)))
+    assert len(test_ids) == 2 and len(list((split / "test" / PHOTO_SIZE_MASKS).iterdir())) == 2
+    for id_, mask in zip(test_ids, stored, strict=True):
+        height, width = cv2.imread(str(images / f"{id_}.jpg")).shape[:2]
+        expected = cv2.resize(drawn[id_], (width, height), interpolation=cv2.INTER_NEAREST) // 255
+        assert mask.shape == (height, width) and np.array_equal(mask, expected)
+    assert not (split / "train" / PHOTO_SIZE_MASKS).exists() and not (split / "val" / PHOTO_SIZE_MASKS).exists()
+    with pytest.raises(DataError, match=r"000002.png: missing or unreadable; rerun the split stage"):
+        list(read_photo_size_masks(split, "test", 3))

@@ -26,6 +26,9 @@ EVALUATE_DETAILS = Path("metrics/evaluate_details.json")
 VAL_DICE_DEPLOYED = "val_dice_deployed"
 # onnxruntime against PyTorch on test: a verification record, not a score.
 EXPORT_CHECK = Path("metrics/export.json")
+# Appended to the names of the test scores at the network's input size (data.image_size), kept
+# beside the headline ones taken at each photo's own size: test_dice_at_input_size, ...
+AT_INPUT_SIZE = "_at_input_size"
 THRESHOLD_SWEEP = Path("metrics/threshold_sweep.csv")
 TEST_PER_IMAGE = Path("metrics/test_per_image.csv")
 GALLERY = Path("metrics/gallery.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core import paths
 from ..core.classes import ClassSpec
 from ..core.intervals import CONFIDENCE
 from ..core.splits import SplitInfo
@@ -114,6 +115,7 @@ def render_card(
         f"{text['subject']} covers {row['foreground_fraction']:.0%} of the image"
         for row in worst
     )
+    input_size_dice = metrics[f"test_dice{paths.AT_INPUT_SIZE}"]
     weights = f"{params['model.encoder_weights'] or 'random'} initial weights"
     if encoder_weights_sha256:
         weights = f"initial weights from `{params['model.encoder_weights']}`, SHA-256 `{encoder_weights_sha256}`"
@@ -150,7 +152,8 @@ served model apply both.
 {selection} The test metrics below are a report: no decision reads them.
 
 ## Test metrics
-{text["metrics_at"]}, on the {counts["test"]} test images (definitions: docs/metrics.md).
+{text["metrics_at"]}, on the {counts["test"]} test images at each photo's own size, as `predict` returns
+their masks (definitions: docs/metrics.md).
 
 Mean per image, in brackets its {CONFIDENCE:.0%} bootstrap interval over the {counts["test"]} test
 images: how much the score depends on which images were drawn for test. Training noise is not
@@ -163,8 +166,9 @@ in it (another `train.seed` trains another model).
 {rows}{text["per_class"]}
 
 ## Known limits
-- {text["limits"]} Dice is measured at {split_info.image_size} px; masks returned at a photo's
-  full size are upscaled, so thin structures (fingers, hair) are coarse.
+- {text["limits"]} The network sees {split_info.image_size} x {split_info.image_size} px (mean test
+  Dice there {input_size_dice:.4f}); masks at a photo's full size are upscaled from its output,
+  so thin structures (fingers, hair) are coarse.
 - Worst test images (see the gallery artifact `evaluation/gallery.png`):
 {worst_lines}
 

@@ -19,6 +19,7 @@ from .gallery import CASES_EACH, render_gallery
 from .predictions import (
     HEADLINE_METRICS,
     PER_IMAGE_FIELDS,
+    PhotoSizePredictions,
     SplitPredictions,
     headline_interval,
     interval_bounds,
@@ -104,8 +105,11 @@ def evaluate_checkpoint(
     val = predict_split(model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
     threshold, curve, threshold_source = choose_threshold(cfg, val)
     test = predict_split(model, loss_fn, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
-    per_image = test.per_image(threshold)
-    metrics, details = headline_and_details(test.scores(threshold), interval_bounds(test.split, per_image))
+    # The headline scores are those of the masks predict delivers, at each photo's own size.
+    test_at_photo_size = PhotoSizePredictions(test, paths.SPLIT_DIR)
+    per_image = test_at_photo_size.per_image(threshold)
+    scores = {**test_at_photo_size.scores(threshold), **test.scores_at_input_size(threshold)}
+    metrics, details = headline_and_details(scores, interval_bounds(test.split, per_image))
     if test.classes.binary:
         metrics["threshold"] = threshold
     metrics[paths.VAL_DICE_DEPLOYED] = val.metrics(threshold).compute()["dice"]
@@ -115,7 +119,7 @@ def evaluate_checkpoint(
 
     write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FILE_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
-    confusion = test.metrics(threshold).confusion
+    confusion = test_at_photo_size.metrics(threshold).confusion
     write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, test.classes), CONFUSION_FIELDS)
     write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, test.classes))
     dice = [row["dice"] for row in per_image]

@@ -1,8 +1,9 @@
-"""Score a checkpoint on a held-out split: one forward pass, then metrics at any threshold."""
+"""Score a checkpoint on a held-out split: one forward pass, then metrics at any threshold, at the
+network's input size (``SplitPredictions``) or at each photo's own size (``PhotoSizePredictions``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..core import paths
 from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.intervals import Interval, bootstrap_mean
-from ..core.splits import SplitInfo, load_split
+from ..core.splits import SplitInfo, load_split, read_photo_size_masks
 from ..model.checkpoint import checkpoint_classes, checkpoint_loss, load_model
 from ..model.inputs import SegmentationDataset, eval_transform
 from ..model.losses import build_loss
 from ..model.metrics import SegmentationMetrics
 from ..model.outputs import class_probabilities, predict_logits, predicted_classes
+from ..serve.segmenter import at_photo_size, class_map
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
@@ -50,6 +53,22 @@ def interval_bounds(split: str, per_image: list[dict[str, object]]) -> dict[str,
     return bounds
 
 
+def named_scores(split: str, metrics: SegmentationMetrics, suffix: str = "") -> dict[str, float]:
+    """The metrics named ``<split>_<metric><suffix>`` as in metrics/evaluate.json and MLflow."""
+    return {f"{split}_{name}{suffix}": value for name, value in metrics.compute().items()}
+
+
+def per_image_rows(ids: list[str], metrics: SegmentationMetrics) -> list[dict[str, object]]:
+    """metrics/test_per_image.csv's rows: each image's id, its HEADLINE_METRICS scores and the share
+    of its pixels that are truly foreground."""
+    scores = {name: metrics.per_image(name).tolist() for name in HEADLINE_METRICS}
+    foreground = metrics.foreground_fraction().tolist()
+    return [
+        {"id": id_, **{name: values[index] for name, values in scores.items()}, "foreground_fraction": fraction}
+        for index, (id_, fraction) in enumerate(zip(ids, foreground, strict=True))
+    ]
+
+
 @dataclass
 class SplitPredictions:
     """The network's logits for every image of a split, kept so any threshold can be scored."""
@@ -70,22 +89,57 @@ class SplitPredictions:
 
     def scores(self, threshold: float | None) -> dict[str, float]:
         """Loss and metrics, named ``<split>_<metric>`` as in metrics/evaluate.json and MLflow."""
-        scores = {"loss": self.loss, **self.metrics(threshold).compute()}
-        return {f"{self.split}_{name}": value for name, value in scores.items()}
+        return {f"{self.split}_loss": self.loss, **named_scores(self.split, self.metrics(threshold))}
+
+    def scores_at_input_size(self, threshold: float | None) -> dict[str, float]:
+        """The metrics, named ``<split>_<metric>_at_input_size``: what evaluate reports beside the
+        photo-size ones."""
+        return named_scores(self.split, self.metrics(threshold), paths.AT_INPUT_SIZE)
 
     def per_image(self, threshold: float | None) -> list[dict[str, object]]:
-        """A row per image: its id, its HEADLINE_METRICS scores and the share of it that is foreground."""
-        metrics = self.metrics(threshold)
-        scores = {name: metrics.per_image(name).tolist() for name in HEADLINE_METRICS}
-        foreground = (self.masks > 0).float().mean(dim=(1, 2, 3)).tolist()
-        return [
-            {"id": id_, **{name: values[index] for name, values in scores.items()}, "foreground_fraction": fraction}
-            for index, (id_, fraction) in enumerate(zip(self.ids, foreground, strict=True))
-        ]
+        return per_image_rows(self.ids, self.metrics(threshold))
 
     def predicted_masks(self, threshold: float | None) -> np.ndarray:
         """(N, S, S) class ids, as SegmentationMetrics derives them."""
         return predicted_classes(class_probabilities(self.logits, self.classes), threshold).numpy()
+
+
+@dataclass(frozen=True)
+class PhotoSizePredictions:
+    """A split's predictions as ``predict`` delivers them: the network's probabilities resized to
+    each photo's own size and cut there, scored against the repaired mask at that size (the split
+    stage's photo-size masks). One image at a time, so memory does not grow with the photos."""
+
+    predictions: SplitPredictions
+    split_dir: Path
+    # Scoring reads every mask and resizes every prediction: done once per threshold, not once
+    # for the scores, again for the per-image rows and again for the confusion matrix.
+    _scored: dict[float | None, SegmentationMetrics] = field(default_factory=dict, init=False, repr=False)
+
+    def metrics(self, threshold: float | None) -> SegmentationMetrics:
+        """The counts at ``threshold`` (shared between calls: read them, do not update them)."""
+        if threshold not in self._scored:
+            self._scored[threshold] = self._score(threshold)
+        return self._scored[threshold]
+
+    def _score(self, threshold: float | None) -> SegmentationMetrics:
+        predictions = self.predictions
+        metrics = SegmentationMetrics(threshold, predictions.classes)
+        masks = read_photo_size_masks(self.split_dir, predictions.split, len(predictions.ids))
+        for logits, mask in zip(predictions.logits, masks, strict=True):
+            probabilities = class_probabilities(logits[None], predictions.classes)[0].numpy()
+            predicted = class_map(at_photo_size(probabilities, mask.shape), threshold)
+            metrics.update_classes(torch.from_numpy(predicted)[None], torch.from_numpy(mask)[None])
+        return metrics
+
+    def scores(self, threshold: float | None) -> dict[str, float]:
+        """The loss (the network's, at its input size) and the metrics at each photo's size, named
+        ``<split>_<metric>``: the headline scores."""
+        split = self.predictions.split
+        return {f"{split}_loss": self.predictions.loss, **named_scores(split, self.metrics(threshold))}
+
+    def per_image(self, threshold: float | None) -> list[dict[str, object]]:
+        return per_image_rows(self.predictions.ids, self.metrics(threshold))
 
 
 @torch.no_grad()

@@ -42,8 +42,13 @@ class SegmentationMetrics:
         self.confusion = torch.zeros(classes.count, classes.count, dtype=torch.long)  # [truth, prediction] pixels
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
-        truth = masks[:, 0].long().cpu()
-        predicted = predicted_classes(class_probabilities(logits.detach().float(), self.classes), self.threshold).cpu()
+        predicted = predicted_classes(class_probabilities(logits.detach().float(), self.classes), self.threshold)
+        self.update_classes(predicted, masks[:, 0])
+
+    def update_classes(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
+        """Count N x H x W predicted class ids against the true ones. Each update may have an image
+        size of its own: the counts are kept per image."""
+        predicted, truth = predicted.long().cpu(), truth.long().cpu()
         stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
         self._counts.append(tuple(stats))
         count = self.classes.count
@@ -59,6 +64,11 @@ class SegmentationMetrics:
     def per_image(self, name: str = "dice") -> torch.Tensor:
         """Each image's score: the mean over its foreground classes."""
         return self._per_image_and_class(name)[:, 1:].mean(dim=1)
+
+    def foreground_fraction(self) -> torch.Tensor:
+        """Each image's share of pixels whose true class is not the background."""
+        tp, fp, fn, tn = self._stats()
+        return (tp + fn)[:, 1:].sum(dim=1) / (tp + fp + fn + tn)[:, 0]
 
     def _per_image_and_class(self, name: str) -> torch.Tensor:
         return METRIC_FUNCTIONS[name](*self._stats(), reduction="none", zero_division=1.0)

@@ -35,6 +35,15 @@ def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator
         yield batch
 
 
+def at_photo_size(probabilities: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """One photo's C x S x S network probabilities at its (height, width): H x W foreground
+    probabilities for a binary model (one channel), H x W x C class probabilities otherwise.
+    Evaluate scores the test split through this too, so its scores are those of predict's masks."""
+    height, width = shape
+    # Resized as probabilities, then cut: smoother edges than resizing a class map.
+    return cv2.resize(probabilities.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def class_map(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
     """H x W uint8 class ids from H x W foreground probabilities (binary: cut at ``threshold``)
     or H x W x C class probabilities (multi-class: the most probable class), as
@@ -81,11 +90,7 @@ class Segmenter:
         size = (self.image_size, self.image_size)
         batch = np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images])
         probs = self.network_probabilities(batch)
-        # Resized as probabilities, then cut: smoother edges than resizing a class map.
-        return [
-            cv2.resize(prob.transpose(1, 2, 0), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-            for prob, image in zip(probs, images, strict=True)
-        ]
+        return [at_photo_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
 
     def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """H x W uint8 class ids per image (0/1 for binary)."""

@@ -2,7 +2,8 @@
 split, and write ``data/split/`` with its ``data/report.json``.
 
 Every photo is decoded once here and resized to ``data.image_size``; training then reads
-small uint8 arrays instead of decoding full-size files every epoch.
+small uint8 arrays instead of decoding full-size files every epoch. The test masks are also
+kept at each photo's own size, where evaluate scores the test predictions.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from ..core.classes import ClassSpec
 from ..core.config import DataConfig, SplitConfig
 from ..core.errors import DataError
 from ..core.files import atomic_dir, write_json
-from ..core.splits import SPLITS, SplitInfo, write_split
+from ..core.splits import SPLITS, SplitInfo, write_photo_size_mask, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
-from .samples import read_pair
+from .samples import read_fitted_mask, read_pair
 from .splitting import check_split_sizes, split_pairs, unit_count
 
 
@@ -86,6 +87,21 @@ def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Prepa
     return Preparation(data, records, bad, duplicates)
 
 
+def write_photo_size_masks(
+    split_dir: Path, records: Sequence[PairRecord], ids: Sequence[str], classes: ClassSpec
+) -> None:
+    """The repaired masks of the test pairs ``ids`` at their photos' own sizes, read again one at a
+    time: the split is drawn after every pair was read, and keeping every full-size mask until then
+    would make memory grow with the dataset."""
+    by_id = {record.id: record for record in records}
+    for index, id_ in enumerate(ids):
+        record = by_id[id_]
+        mask = read_fitted_mask(record.mask, classes, (record.height, record.width))
+        if isinstance(mask, BadSample):
+            raise DataError(f"{mask.describe()} (the file changed while the split stage was reading it)")
+        write_photo_size_mask(split_dir, "test", index, mask)
+
+
 def check_policy(bad: Sequence[BadSample], policy: str) -> None:
     """``data.on_bad_sample: error`` stops here, naming every bad file at once."""
     if policy == "error" and bad:
@@ -129,6 +145,7 @@ def build_split(
     # Built aside and swapped in whole, like data/raw: a crash leaves the old split or the new one.
     with atomic_dir(split_dir) as staging:
         write_split(staging, prepared.data.ids, prepared.data.images, prepared.data.masks, info)
+        write_photo_size_masks(staging, prepared.records, assignment["test"], classes)
     report = build_report(
         root=raw_dir,
         layout=inventory.layout,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -249,6 +250,16 @@ def fit_mask(mask: np.ndarray, image_shape: tuple[int, ...], path) -> tuple[np.n
             "mask_resized", f"mask resized from {mask.shape[1]}x{mask.shape[0]} to {width}x{height} (nearest neighbour)"
         )
     ]
+
+
+def read_fitted_mask(path: Path, classes: ClassSpec, image_shape: tuple[int, int]) -> np.ndarray | BadSample:
+    """The mask file as ``read_pair`` returns it, given the shape its photo had there (after EXIF
+    orientation): the photo need not be decoded again."""
+    try:
+        mask, _ = read_mask(path.read_bytes(), path, classes)
+        return fit_mask(mask, image_shape, path)[0]
+    except _Rejected as rejected:
+        return rejected.record
 
 
 def read_pair(pair: Pair, image_bytes: bytes, mask_bytes: bytes, classes: ClassSpec) -> Sample | BadSample:
