@@ -82,7 +82,9 @@ def test_metrics_files_hold_sane_numbers(project):
     ]
     details = read_json(project / "metrics" / "evaluate_details.json")
     at_photo_size = {"test_pixel_accuracy"} | {f"test_{name}_pooled" for name in (*scores, "pixel_accuracy")}
-    at_input_size = {f"test_{name}{AT_INPUT_SIZE}" for name in scores} | {f"{name}{AT_INPUT_SIZE}" for name in at_photo_size}
+    at_input_size = {f"test_{name}{AT_INPUT_SIZE}" for name in scores} | {
+        f"{name}{AT_INPUT_SIZE}" for name in at_photo_size
+    }
     assert set(details) == at_photo_size | at_input_size
     for name, value in {**evaluation, **details}.items():
         assert 0 <= value <= 1 or name == "test_loss", name
