@@ -5,9 +5,10 @@ Reads:  models/best.pt, models/run.json, data/split/; params evaluate.threshold,
 Writes: models/model.onnx (verified against PyTorch: metrics/export.json; its metadata is the
         one record of the threshold, TTA and classes), metrics/evaluate.json (the headline
         scores with their intervals), metrics/evaluate_details.json (every other score),
-        metrics/threshold_sweep.csv, metrics/test_per_image.csv, metrics/confusion.csv,
-        metrics/confusion.png, metrics/gallery.png, models/model_card.md; all logged into a new
-        evaluation run nested under the training run, named in models/evaluation_run.json.
+        metrics/val_per_image.csv, metrics/threshold_sweep.csv, metrics/test_per_image.csv,
+        metrics/confusion.csv, metrics/confusion.png, metrics/gallery.png, models/model_card.md;
+        all logged into a new evaluation run nested under the training run, named in
+        models/evaluation_run.json.
         The register stage registers what this wrote.
 """
 

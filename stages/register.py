@@ -1,10 +1,13 @@
 """Stage register: register the evaluated model as a new version and decide its alias.
 
 Reads:  models/model.onnx, models/best.pt, models/model_card.md, metrics/evaluate.json,
-        models/evaluation_run.json, data/split/; params mlflow.experiment, mlflow.registered_model
+        metrics/val_per_image.csv, models/evaluation_run.json, data/split/; params
+        mlflow.experiment, mlflow.registered_model; the champion's val_per_image.csv from its
+        evaluation run
 Writes: models/registry.json; the servable model logged into the evaluation run, a new version
-        of mlflow.registered_model and its alias (champion or challenger, decided on
-        validation Dice)
+        of mlflow.registered_model and its alias (champion only when its per-image validation
+        Dice minus the champion's, image by image, has a bootstrap interval above zero;
+        otherwise challenger)
 """
 
 from pipeline.core.stage import exit_interrupted, run_stage

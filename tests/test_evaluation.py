@@ -238,6 +238,24 @@ def test_multi_class_scores_at_photo_size_take_the_top_class_of_the_resized_prob
     assert predictions.scores_at_input_size(None)["test_dice_at_input_size"] == 1.0
 
 
+@pytest.mark.parametrize("classes", [PERSON, ClassSpec(("background", "cat", "dog"), None)])
+def test_val_per_image_rows_are_the_scores_val_dice_deployed_averages(classes):
+    from pipeline.evaluate.evaluation import deployed_validation
+
+    generator = torch.Generator().manual_seed(0)
+    channels = 1 if classes.binary else classes.count
+    truth = torch.randint(0, classes.count, (5, 1, 8, 8), generator=generator).float()
+    logits = torch.randn(5, channels, 8, 8, generator=generator)
+    ids = ["e", "b", "d", "a", "c"]
+    val = SplitPredictions("val", ids, np.zeros((5, 8, 8, 3), np.uint8), truth, logits, 0.0, classes)
+    threshold = 0.4 if classes.binary else None
+    score, rows = deployed_validation(val, threshold)
+    assert [list(row) for row in rows] == [["id", "dice"]] * 5 and [row["id"] for row in rows] == ids
+    assert np.mean([row["dice"] for row in rows]) == pytest.approx(score, abs=1e-6)
+    assert score == val.metrics(threshold).compute()["dice"]
+    assert len({row["dice"] for row in rows}) > 1  # images differ: a mean of something
+
+
 def test_gallery_picks_worst_then_best_without_repeats():
     assert pick_cases([0.5, 0.1, 0.9, 0.3, 0.7], count=2) == [
         ("worst 1", 1),
@@ -345,6 +363,7 @@ def test_model_card_states_data_threshold_metrics_and_worst_cases(params):
         "## Champion selection\n`val_dice_deployed` 0.8000, the mean per-image Dice at this model's threshold" in card
     )
     assert "on the\n58 validation images" in card or "on the 58 validation images" in card
+    assert "only when the bootstrap interval of the mean difference lies above zero" in card
     assert "The test metrics below are a report" in card
     assert "photo editing" in card and "not for identifying people" in card.lower()
     assert "## Known limits" in card and "| `train.lr` | `0.003` |" in card

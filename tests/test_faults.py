@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from tests.helpers.httpserver import closed_port_url
-from tests.helpers.modelstore import project_client
+from tests.helpers.modelstore import PAIRED, project_client
 from tests.helpers.project import (
     GIT,
     copy_trained,
@@ -162,8 +163,8 @@ def test_truncated_checkpoint_gives_a_clear_error(project):
 
 def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validation_picks_champion(project):
     """`dvc exp run --queue -S train.lr=a,b`: each experiment's run carries its name, a full
-    history and its data; evaluate compares validation Dice, and a change of evaluate.* alone
-    cannot move the champion by a test score."""
+    history and its data; register compares per-image validation Dice with the champion's, and a
+    change of evaluate.* alone cannot move the champion by a test score."""
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
     run(project, "dvc", "checkout", "--force")
     baseline = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
@@ -196,22 +197,19 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_and_only_validati
     for version in versions:
         parent = mlflow_client.get_run(version.run_id).data.tags.get("mlflow.parentRunId")
         if parent in {r.info.run_id for r in runs}:
-            assert (
-                version.tags["alias_metric"] == "val_dice_deployed"
-                and "validation Dice" in version.tags["alias_reason"]
-            )
+            assert version.tags["alias_metric"] == "val_dice_deployed"
+            assert re.fullmatch(rf"(not )?better than v\d+: {PAIRED}", version.tags["alias_reason"])
 
-    # Make the champion's test score as beatable as can be and its validation score unbeatable:
-    # a new version that differs only in evaluate.* must stay challenger.
+    # Make the champion's test score as beatable as can be: a new version that differs only in
+    # evaluate.* (a threshold the validation sweep did not choose) must stay challenger.
     champion = mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion")
     mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "test_dice", "0.0")
-    mlflow_client.set_model_version_tag("human-segmentation-unet", champion.version, "val_dice_deployed", "1.0")
     set_param(project, "evaluate", "threshold", 0.35)
     assert ran_stages(run(project, "dvc", "repro", check=True)) == {"evaluate", "register"}
     decision = json.loads((project / "models" / "registry.json").read_text())
     assert (decision["metric"], decision["alias"]) == ("val_dice_deployed", "challenger")
-    assert (decision["champion_version"], decision["champion_val_dice_deployed"]) == (str(champion.version), 1.0)
-    assert f"does not beat champion version {champion.version} (1.0000)" in decision["reason"]
+    assert decision["champion_version"] == str(champion.version) and decision["paired_images"] == 58
+    assert re.fullmatch(rf"not better than v{champion.version}: {PAIRED}", decision["reason"])
     assert mlflow_client.get_model_version_by_alias("human-segmentation-unet", "champion").version == champion.version
     subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
 

@@ -28,7 +28,7 @@ from pipeline.split.layouts import find_inventory
 from pipeline.split.samples import read_pair
 from tests.helpers import browser
 from tests.helpers.httpserver import closed_port_url
-from tests.helpers.modelstore import project_client
+from tests.helpers.modelstore import PAIRED, project_client
 from tests.helpers.project import (
     PROJECT_ROOT,
     TRACKING_DB,
@@ -42,6 +42,9 @@ from tests.helpers.serving import TORCHLESS
 # First on PYTHONPATH, its sitecustomize makes `import torch` fail.
 
 pytestmark = pytest.mark.e2e
+REGISTERED = "human-segmentation-unet"
+# The trained project's tiny run is 2 epochs long.
+LONGER_EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,13 @@ def project(tmp_path_factory, trained_project):
 @pytest.fixture(scope="module")
 def client(project):
     return project_client(project)
+
+
+def val_per_image(path: Path) -> dict[str, float]:
+    """A val_per_image.csv as Dice by image id; it has exactly the columns id and dice."""
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["id", "dice"]
+    return {row["id"]: float(row["dice"]) for row in rows}
 
 
 def all_foreground_dice(split: Path) -> float:
@@ -105,6 +115,11 @@ def test_metrics_files_hold_sane_numbers(project):
         assert bounds == pytest.approx(bootstrap_bounds(column), abs=1e-12), name
         assert bounds[0] <= evaluation[f"test_{name}"] <= bounds[1], name
     assert evaluation["test_dice_ci_low"] < evaluation["test_dice_ci_high"]
+    # The deployed model's Dice on each validation image: exactly what val_dice_deployed averages.
+    val_scores = val_per_image(project / "metrics" / "val_per_image.csv")
+    assert sorted(val_scores) == sorted(read_json(project / "data" / "split" / "split.json")["ids"]["val"])
+    assert len(val_scores) == 58 and len(set(val_scores.values())) > 1
+    assert np.mean(list(val_scores.values())) == pytest.approx(evaluation["val_dice_deployed"], abs=1e-6)
     assert cv2.imread(str(project / "metrics" / "gallery.png")).shape[1] > 700
     card = (project / "models" / "model_card.md").read_text()
     assert read_json(project / "data" / "split" / "split.json")["data_hash"] in card and "Intended use" in card
@@ -152,6 +167,7 @@ def test_mlflow_run_has_per_epoch_metrics_params_tags_and_test_metrics(project, 
             "model_card.md",
             "test_per_image.csv",
             "threshold_sweep.csv",
+            "val_per_image.csv",
         )
     }
 
@@ -177,7 +193,13 @@ def test_registered_model_is_tagged_champion_and_predicts_any_batch_and_size(pro
     deployed = evaluation["val_dice_deployed"]
     assert float(version.tags["val_dice_deployed"]) == decision["val_dice_deployed"] == deployed
     assert version.tags["alias_metric"] == "val_dice_deployed"
-    assert "## Champion selection\n`val_dice_deployed`" in version.description
+    assert [decision[key] for key in ("improvement", "improvement_ci_low", "improvement_ci_high")] == [None] * 3
+    assert decision["paired_images"] is None and "paired_images" not in version.tags
+    # The card evaluate wrote, then the decision register made.
+    card, registry_decision = version.description.split("\n## Registry decision\n")
+    assert card == (project / "models" / "model_card.md").read_text()
+    assert "## Champion selection\n`val_dice_deployed`" in card
+    assert "Alias **champion**: there was no champion yet." in registry_decision
     model = mlflow.pyfunc.load_model("models:/human-segmentation-unet@champion")
     assert model.unwrap_python_model().predictor.threshold == evaluation["threshold"]
     assert [mask.shape for mask in model.predict(np.zeros((3, 64, 64, 3)))] == [(64, 64)] * 3
@@ -381,23 +403,52 @@ def test_a_code_change_makes_only_the_stages_that_run_it_stale(project, edited, 
     assert run(project, "dvc", "status", check=True).stdout.strip() == "Data and pipelines are up to date."
 
 
-def test_changing_lr_reruns_train_evaluate_and_register_only(project, client):
-    set_param(project, "train", "lr", 0.001)
+def test_a_rerun_differing_only_in_the_seed_leaves_the_champion_where_it_is(project, client, tmp_path):
+    """Seeds 42 and 43 of the tiny run differ within the noise of the 58 validation images: the
+    paired interval contains zero, so version 1 stays champion. Changing train.* reruns train,
+    evaluate and register only."""
+    set_param(project, "train", "seed", 43)
     assert repro(project) == {"train", "evaluate", "register"}
-    versions = client.search_model_versions("name='human-segmentation-unet'")
-    assert len(versions) == 2
-    # Same validation set: version 2 is champion exactly when its validation Dice beats version 1's.
     decision = read_json(project / "models" / "registry.json")
-    first_dice = float(client.get_model_version("human-segmentation-unet", "1").tags["val_dice_deployed"])
-    assert decision["champion_version"] == "1" and decision["champion_val_dice_deployed"] == first_dice
-    assert decision["alias"] == ("champion" if decision["val_dice_deployed"] > first_dice else "challenger")
-    assert client.get_registered_model("human-segmentation-unet").aliases[decision["alias"]] == 2
+    first = client.get_model_version(REGISTERED, "1")
+    assert decision["champion_version"] == "1"
+    assert decision["champion_val_dice_deployed"] == float(first.tags["val_dice_deployed"])
+    assert decision["alias"] == "challenger" and decision["paired_images"] == 58
+    assert decision["improvement_ci_low"] < 0 < decision["improvement_ci_high"]
+    assert re.fullmatch(rf"not better than v1: {PAIRED}", decision["reason"])
+    # Paired image by image: this run's scores minus those version 1's evaluation run logged.
+    ours = val_per_image(project / "metrics" / "val_per_image.csv")
+    logged = client.download_artifacts(first.run_id, "evaluation/val_per_image.csv", str(tmp_path))
+    theirs = val_per_image(Path(logged))
+    assert decision["improvement"] == pytest.approx(np.mean([ours[id_] - theirs[id_] for id_ in theirs]))
+    assert client.get_registered_model(REGISTERED).aliases == {"champion": 1, "challenger": 2}
+    second = client.get_model_version(REGISTERED, "2")
+    assert second.tags["alias_reason"] == decision["reason"] and second.tags["paired_images"] == "58"
+    assert float(second.tags["improvement_ci_low"]) == decision["improvement_ci_low"]
+    assert f"Alias **challenger**: {decision['reason']}." in second.description
 
 
 def test_changing_threshold_reruns_evaluate_and_register_only(project):
     set_param(project, "evaluate", "threshold", 0.4)
     assert repro(project) == {"evaluate", "register"}
     assert read_json(project / "metrics" / "evaluate.json")["threshold"] == 0.4
+
+
+def test_a_clearly_better_run_is_promoted(project, client):
+    """Trained five times as long (its threshold tuned on validation again), the model beats the
+    champion on the same validation images by more than the noise."""
+    champion = client.get_model_version_by_alias(REGISTERED, "champion").version
+    set_param(project, "train", "epochs", LONGER_EPOCHS)
+    set_param(project, "evaluate", "threshold", "auto")
+    try:
+        assert repro(project) == {"train", "evaluate", "register"}
+    finally:
+        set_param(project, "train", "epochs", 2)  # the tests below retrain at the tiny run's length
+    decision = read_json(project / "models" / "registry.json")
+    assert (decision["alias"], decision["champion_version"]) == ("champion", str(champion))
+    assert decision["improvement_ci_low"] > 0 and decision["paired_images"] == 58
+    assert re.fullmatch(rf"better than v{champion}: {PAIRED}", decision["reason"])
+    assert client.get_registered_model(REGISTERED).aliases["champion"] == int(decision["version"])
 
 
 def test_changing_split_seed_reruns_all_but_fetch(project):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
+from pipeline.core import paths
 from pipeline.core.classes import PERSON
 from pipeline.core.errors import ModelError, TrackingError
 from pipeline.core.files import sha256_file, write_json
@@ -14,7 +15,7 @@ from pipeline.register import registry
 from pipeline.serve.registered import COMPLETE_TAG, registered_artifacts
 from pipeline.serve.settings import InferenceSettings
 from pipeline.tracking import RunInfo, log_evaluation, training_run_of
-from tests.helpers.modelstore import NAME, tiny_checkpoint, tiny_onnx
+from tests.helpers.modelstore import NAME, tiny_checkpoint, tiny_onnx, write_val_scores
 
 SPLIT_INFO = SplitInfo("abc", 32, PERSON, {"train": 2, "val": 2, "test": 2}, {"val": ["a", "b"], "test": ["c", "d"]})
 
@@ -30,12 +31,18 @@ def store(tmp_path, monkeypatch):
     return tmp_path, RunInfo(run.info.run_id, experiment)
 
 
-def evaluated(root) -> registry.EvaluatedModel:
+def evaluated(root, val_scores: dict[str, float] | None = None) -> registry.EvaluatedModel:
+    """What evaluate leaves in ``root`` (the working folder), SPLIT_INFO's validation images scored ``val_scores``."""
+    val_scores = val_scores or {"a": 0.7, "b": 0.9}
     checkpoint = tiny_checkpoint(root / "best.pt")
     onnx_file = tiny_onnx(checkpoint, InferenceSettings(0.4, False, sha256_file(checkpoint)), root / "model.onnx")
     (root / "card.md").write_text("# card\n")
-    write_json(root / "evaluate.json", {"test_dice": 0.5, "threshold": 0.4, "val_dice_deployed": 0.8})
-    return registry.EvaluatedModel.read(checkpoint, onnx_file, root / "card.md", root / "evaluate.json")
+    mean = sum(val_scores.values()) / len(val_scores)
+    write_json(root / "evaluate.json", {"test_dice": 0.5, "threshold": 0.4, "val_dice_deployed": mean})
+    write_val_scores(root / paths.VAL_PER_IMAGE, val_scores)
+    return registry.EvaluatedModel.read(
+        checkpoint, onnx_file, root / "card.md", root / "evaluate.json", root / paths.VAL_PER_IMAGE
+    )
 
 
 def test_every_evaluation_is_its_own_run_under_the_training_run_with_its_settings(store, monkeypatch):
@@ -91,3 +98,48 @@ def test_retiring_never_touches_another_evaluations_registration(store):
     version = registry.register_model(run_id=theirs.run_id, name=NAME, evaluated=model, tags={})  # still running
     assert registry.retire_incomplete(NAME, ours.run_id) == []
     assert str(mlflow.MlflowClient().get_model_version(NAME, version).version) == version
+
+
+def test_the_champion_is_paired_with_the_scores_its_evaluation_run_logged(store):
+    """The champion's per-image validation Dice comes from the val_per_image.csv its evaluation
+    run logged (as the evaluate stage logs it); without that file nothing is compared."""
+    root, training = store
+    client = mlflow.MlflowClient()
+
+    def registered(val_scores: dict[str, float], *, logged: bool = True) -> registry.AliasDecision:
+        model = evaluated(root, val_scores)  # writes metrics/val_per_image.csv, as evaluate does
+        evaluation = log_evaluation(training, "records", {}, {}, artifacts=[paths.VAL_PER_IMAGE] if logged else [])
+        return registry.register_evaluated(NAME, evaluation.run_id, model, {}, SPLIT_INFO)[0]
+
+    first = registered({"a": 0.25, "b": 0.5}, logged=False)
+    assert first.alias == registry.CHAMPION
+    second = registered({"a": 0.5, "b": 0.75})
+    assert second.alias == registry.CHALLENGER and second.paired_images is None
+    assert second.reason.startswith(
+        "champion version 1 has no readable per-image validation scores (evaluation/val_per_image.csv of its"
+    )
+    assert "unet-pipeline promote 2 --reason ..." in second.reason
+    registry.promote(NAME, "2", "scored on the same images, by hand")
+
+    third = registered({"a": 0.625, "b": 0.875})
+    assert third.alias == registry.CHAMPION and third.champion_version == "2"
+    assert third.reason == "better than v2: +0.125 [+0.125, +0.125] on 2 validation images"
+    assert (third.improvement, third.improvement_ci_low, third.improvement_ci_high, third.paired_images) == (
+        0.125,
+        0.125,
+        0.125,
+        2,
+    )
+    fourth = registered({"a": 0.75, "b": 0.75})
+    assert fourth.alias == registry.CHALLENGER
+    assert fourth.reason == "not better than v3: +0.000 [-0.125, +0.125] on 2 validation images"
+
+    version = client.get_model_version(NAME, "4")
+    assert version.tags["alias_reason"] == fourth.reason and version.tags["paired_images"] == "2"
+    assert float(version.tags["improvement_ci_low"]) == fourth.improvement_ci_low
+    assert client.get_run(version.run_id).data.tags["improvement_ci_high"] == version.tags["improvement_ci_high"]
+    card, decision = version.description.split("\n## Registry decision\n")
+    assert card == "# card\n"
+    assert f"Alias **challenger**: {fourth.reason}." in decision
+    assert "per validation image, this version's Dice minus champion version 3's" in decision
+    assert client.get_registered_model(NAME).aliases == {registry.CHAMPION: 3, registry.CHALLENGER: 4}

@@ -31,6 +31,10 @@ EXPORT_CHECK = Path("metrics/export.json")
 AT_INPUT_SIZE = "_at_input_size"
 THRESHOLD_SWEEP = Path("metrics/threshold_sweep.csv")
 TEST_PER_IMAGE = Path("metrics/test_per_image.csv")
+# Each validation image's Dice as deployed (the values VAL_DICE_DEPLOYED averages), by image id:
+# what the register stage pairs with the champion's, image by image.
+VAL_PER_IMAGE = Path("metrics/val_per_image.csv")
+VAL_PER_IMAGE_FIELDS = ("id", "dice")
 GALLERY = Path("metrics/gallery.png")
 CONFUSION_TABLE = Path("metrics/confusion.csv")
 CONFUSION_IMAGE = Path("metrics/confusion.png")

@@ -89,9 +89,9 @@ def render_card(
     """Markdown for ``models/model_card.md``, the run and the registered version's description.
 
     ``classes`` are the ones split recorded with the data; ``data_source`` is where the training
-    run's data came from (``data.source``); ``val_dice`` is the validation score the champion
-    decision reads. The registered model's name is not in it: registering under another name
-    changes nothing the card says."""
+    run's data came from (``data.source``); ``val_dice`` is ``val_dice_deployed``, the mean of
+    the per-image validation scores the champion decision pairs. The registered model's name is
+    not in it: registering under another name changes nothing the card says."""
     counts = split_info.counts
     text = (
         _binary_sections(classes, metrics, threshold_source)
@@ -125,9 +125,10 @@ def render_card(
     )
     selection = (
         f"`val_dice_deployed` {val_dice:.4f}, the mean per-image Dice at this model's threshold and TTA on the "
-        f"{counts['val']} validation images, "
-        "decides whether this version becomes `champion` (strictly higher than the champion's on the same "
-        "validation set) or `challenger`."
+        f"{counts['val']} validation images. The register stage pairs this model's Dice on each of them with "
+        "the champion's on the same image: this version becomes `champion` only when the bootstrap interval of "
+        "the mean difference lies above zero, `challenger` otherwise. The registered version's copy of this "
+        "card ends with that decision (Registry decision)."
     )
     return f"""# Model card: {params["model.arch"]} ({params["model.encoder"]})
 

@@ -33,6 +33,7 @@ from .thresholds import SWEEP_FILE_FIELDS, best_threshold, mark_chosen, sweep, s
 REPORTS = (
     paths.THRESHOLD_SWEEP,
     paths.TEST_PER_IMAGE,
+    paths.VAL_PER_IMAGE,
     paths.CONFUSION_TABLE,
     paths.CONFUSION_IMAGE,
     paths.GALLERY,
@@ -93,6 +94,13 @@ def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, 
     return threshold, mark_chosen(curve, threshold), source
 
 
+def deployed_validation(val: SplitPredictions, threshold: float | None) -> tuple[float, list[dict[str, object]]]:
+    """``val_dice_deployed`` and the per-image Dice it is the mean of (metrics/val_per_image.csv's
+    rows), at ``threshold`` and with the TTA ``val`` was predicted with."""
+    rows = [{key: row[key] for key in paths.VAL_PER_IMAGE_FIELDS} for row in val.per_image(threshold)]
+    return val.metrics(threshold).compute()["dice"], rows
+
+
 def evaluate_checkpoint(
     cfg: Config, run_id: str, *, data_source: str, encoder_weights_sha256: str | None
 ) -> Evaluation:
@@ -112,13 +120,14 @@ def evaluate_checkpoint(
     metrics, details = headline_and_details(scores, interval_bounds(test.split, per_image))
     if test.classes.binary:
         metrics["threshold"] = threshold
-    metrics[paths.VAL_DICE_DEPLOYED] = val.metrics(threshold).compute()["dice"]
+    metrics[paths.VAL_DICE_DEPLOYED], val_per_image = deployed_validation(val, threshold)
     settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
     # First: a model whose export disagrees with PyTorch writes nothing, so nothing is registered.
     export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
 
     write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FILE_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
+    write_csv(paths.VAL_PER_IMAGE, val_per_image, paths.VAL_PER_IMAGE_FIELDS)
     confusion = test_at_photo_size.metrics(threshold).confusion
     write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, test.classes), CONFUSION_FIELDS)
     write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, test.classes))

@@ -8,10 +8,11 @@ import mlflow
 import onnx
 import torch
 
+from pipeline.core import paths
 from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import ModelConfig
 from pipeline.core.extensions import AUTO
-from pipeline.core.files import sha256_file
+from pipeline.core.files import sha256_file, write_csv
 from pipeline.evaluate.export import onnx_graph
 from pipeline.model.checkpoint import checkpoint_classes, load_model, save_checkpoint
 from pipeline.model.losses import resolve_loss
@@ -19,9 +20,12 @@ from pipeline.model.network import build_model
 from pipeline.register.registry import EvaluatedModel, register_model
 from pipeline.serve.registered import COMPLETE_TAG
 from pipeline.serve.settings import InferenceSettings
+from pipeline.tracking import EVALUATION_ARTIFACTS
 
 TINY_MODEL = ModelConfig(arch="Unet", encoder="resnet18", encoder_weights=None)
 NAME = "test-unet"
+# A registry decision's paired comparison, as its reason states it: "+0.004 [-0.010, +0.018] on 58 validation images".
+PAIRED = r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] on 58 validation images"
 
 
 def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON) -> Path:
@@ -52,19 +56,34 @@ def use_store(root: Path) -> str:
     return uri
 
 
+def write_val_scores(path: Path, scores: dict[str, float]) -> Path:
+    """``scores`` (Dice by validation image id) as evaluate writes metrics/val_per_image.csv."""
+    write_csv(path, [{"id": id_, "dice": dice} for id_, dice in scores.items()], paths.VAL_PER_IMAGE_FIELDS)
+    return path
+
+
 def register(
-    root: Path, checkpoint: Path, *, threshold: float, tta: bool = False, tags: dict[str, str] | None = None
+    root: Path,
+    checkpoint: Path,
+    *,
+    threshold: float,
+    tta: bool = False,
+    tags: dict[str, str] | None = None,
+    val_scores: dict[str, float] | None = None,
 ) -> tuple[str, str]:
-    """A finished run holding ``checkpoint``, registered as a new version of NAME and marked
-    complete, as the register stage leaves it; returns (run id, version)."""
+    """A finished run holding ``checkpoint`` (and ``val_scores`` where the evaluate stage logs its
+    per-image validation Dice), registered as a new version of NAME and marked complete, as the
+    register stage leaves it; returns (run id, version)."""
     use_store(root)
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
-        pass
+        if val_scores is not None:
+            scores = write_val_scores(root / paths.VAL_PER_IMAGE.name, val_scores)
+            mlflow.log_artifact(str(scores), artifact_path=EVALUATION_ARTIFACTS)
     card = root / "card.md"
     card.write_text("# card\n")
     settings = InferenceSettings(threshold, tta, sha256_file(checkpoint))
     onnx_model = tiny_onnx(checkpoint, settings, root / f"{checkpoint.stem}.onnx")
-    evaluated = EvaluatedModel(checkpoint, onnx_model, card, metrics={}, val_dice=0.0)
+    evaluated = EvaluatedModel(checkpoint, onnx_model, card, metrics={}, val_dice=0.0, val_scores={})
     version = register_model(run_id=run.info.run_id, name=NAME, evaluated=evaluated, tags=tags or {})
     mlflow.MlflowClient().set_model_version_tag(NAME, version, COMPLETE_TAG, "true")
     return run.info.run_id, version
