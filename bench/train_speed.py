@@ -9,7 +9,8 @@ the main process at every step, in fp32; the pipeline reads the split prepared o
 with its loader, precision and layout choices from params.yaml. Reported per loop:
 training images/s, the share of step time spent waiting for data, peak memory, val Dice
 after each epoch and the training time until val Dice first reaches --target-dice
-(the pipeline's includes its one-off decode-and-resize). Then
+(the pipeline's includes its one-off decode-and-resize and the BatchNorm statistics it
+recomputes before each validation, as the train stage does). Then
 `time_to_dice_vs_notebook: X.XX`: the training time the notebook loop needs to reach its
 best val Dice within these epochs, divided by the time the pipeline needs to reach that
 Dice (0.00 when it does not within these epochs). The last line is
@@ -159,7 +160,7 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
             history_path=Path(workdir) / "history.csv",
         )
         loader = Timed(session.train_loader)
-        train_seconds, images, dice, elapsed, utilisation = 0.0, 0, [], [], []
+        train_seconds, statistics_seconds, images, dice, elapsed, utilisation = 0.0, 0.0, 0, [], [], []
         for epoch in range(1, epochs + 1):
             session.start_epoch(epoch)
             started = time.perf_counter()
@@ -176,8 +177,11 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
             )[1]
             train_seconds += time.perf_counter() - started
             utilisation.append(_gpu_utilisation(session.device))
+            started = time.perf_counter()
+            session.recompute_statistics(epoch)
+            statistics_seconds += time.perf_counter() - started
             dice.append(val_dice(session.model, val_loader, session.loss_fn, session.device, session.classes))
-            elapsed.append(prepare_seconds + train_seconds)
+            elapsed.append(prepare_seconds + train_seconds + statistics_seconds)
         result = _result(images, train_seconds, loader.waiting, dice, elapsed, target, session.device, utilisation)
         return result | {"prepare_seconds": prepare_seconds, "precision": session.precision.name}
 

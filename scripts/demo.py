@@ -61,24 +61,41 @@ def stage_env() -> dict[str, str]:
     return env
 
 
-def show_mlflow() -> None:
+def show_mlflow(store: Path, experiment_name: str, registered_model: str) -> None:
+    """Each training run with the scores of its latest evaluation (a run nested under it) and the
+    data report's pair count (a run tag); then the registered versions and their aliases."""
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{DEMO / 'mlflow.db'}")
+    from pipeline.core.paths import VAL_DICE_DEPLOYED
+    from pipeline.tracking import PARENT_RUN_TAG
+
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(DEMO_PARAMS["mlflow"]["experiment"])
-    for found in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
-        metrics = found.data.metrics
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = {
+        found.info.run_id: found
+        for found in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    }
+    parent_of = {
+        run_id: found.data.tags[PARENT_RUN_TAG] for run_id, found in runs.items() if PARENT_RUN_TAG in found.data.tags
+    }
+    # Oldest first: a later evaluation of the same training run replaces an earlier one.
+    latest_evaluation = {training_id: evaluation_id for evaluation_id, training_id in parent_of.items()}
+    for run_id, training in runs.items():
+        if run_id in parent_of:
+            continue
+        scores = runs[latest_evaluation[run_id]].data.metrics if run_id in latest_evaluation else {}
         print(
-            f"run {found.info.run_name:<24} {found.info.status:<8}  lr {found.data.params['train.lr']:<6}  "
-            f"val_dice {metrics.get('val_dice', float('nan')):.3f}  "
-            f"test_dice {metrics.get('test_dice', float('nan')):.3f}  "
-            f"pairs used {metrics.get('data/pairs_used', float('nan')):.0f}"
+            f"run {training.info.run_name:<24} {training.info.status:<8}  lr {training.data.params['train.lr']:<6}  "
+            f"{VAL_DICE_DEPLOYED} {scores.get(VAL_DICE_DEPLOYED, float('nan')):.3f}  "
+            f"test_dice {scores.get('test_dice', float('nan')):.3f}  "
+            f"pairs used {training.data.tags.get('data_pairs_used', '-')}"
         )
-    name = DEMO_PARAMS["mlflow"]["registered_model"]
-    for version in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
+    for version in sorted(client.search_model_versions(f"name='{registered_model}'"), key=lambda v: int(v.version)):
+        trained = runs.get(parent_of.get(version.run_id, ""))
         print(
-            f"registered {name} version {version.version} from run {version.run_id[:8]}: "
+            f"registered {registered_model} version {version.version} from the evaluation of run "
+            f"{trained.info.run_name if trained else version.run_id[:8]}: "
             f"{version.tags.get('alias_decision')} ({version.tags.get('alias_reason')})"
         )
 
@@ -111,13 +128,13 @@ def main() -> None:
 
     step("plots and MLflow")
     run("dvc", "plots", "show", "--out", "dvc_plots", env=env)
-    show_mlflow()
+    show_mlflow(DEMO / "mlflow.db", DEMO_PARAMS["mlflow"]["experiment"], DEMO_PARAMS["mlflow"]["registered_model"])
 
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s. Look around:")
     print("  cd demo && source ../.venv/bin/activate")
-    print("  open dvc_plots/index.html                            # loss and Dice per epoch")
+    print("  open dvc_plots/index.html                            # per-epoch curves, threshold sweep, gallery")
     print("  cat data/report.json                                 # what split found, repaired and skipped")
-    print("  mlflow ui --backend-store-uri sqlite:///mlflow.db     # runs side by side, registered model")
+    print("  mlflow ui --backend-store-uri sqlite:///mlflow.db     # training runs, their evaluations, the versions")
 
 
 if __name__ == "__main__":

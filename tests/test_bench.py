@@ -1,6 +1,7 @@
 """The benchmark must keep running as the library changes (its numbers are not checked here)."""
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ def run_bench(name: str, *args: str) -> list[str]:
     result = subprocess.run(
         [sys.executable, f"bench/{name}.py", *args],
         cwd=PROJECT_ROOT,
+        # This checkout's package, not whichever checkout it was installed from.
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -40,6 +43,19 @@ def test_train_speed_bench_runs_both_loops_and_prints_the_speedup_line(tmp_path)
     rows = {line.split()[0]: line.split() for line in lines if line.startswith(("notebook_loop ", "pipeline "))}
     assert set(rows) == {"notebook_loop", "pipeline"}
     assert all(float(row[1]) > 0 for row in rows.values())  # images/s
+
+
+def test_batchnorm_bench_scores_every_epoch_with_both_statistics_and_summarises_the_seeds():
+    lines = run_bench("batchnorm", "--seeds", "1", "2", "--epochs", "2", "--source", "synthetic:24")
+    epochs = [line.split(":")[0] for line in lines if line.startswith("seed ")]
+    assert epochs == ["seed 1 epoch  1", "seed 1 epoch  2", "seed 2 epoch  1", "seed 2 epoch  2"]
+    summary = {line.split()[0]: line for line in lines[-3:-1]}
+    assert set(summary) == {"running", "recomputed"}
+    assert all(
+        re.search(r"best val_loss \d+\.\d{4} ± \d+\.\d{4} val_dice .* \(epochs [12], [12]\)$", line)
+        for line in summary.values()
+    )
+    assert re.fullmatch(r"statistics_pass_vs_training: \d+\.\d\d", lines[-1])
 
 
 def load_bench(name: str):
@@ -68,6 +84,28 @@ def test_quality_bench_reads_configurations_and_summarises_seeds_in_the_order_ru
     assert [row.split(" | ")[1] for row in rows[1:5]] == ["b", "a", "b", "a (failed: ERROR: out of memory)"]
     assert "| b | 2 | 0.8200 ± 0.0283 | 0.7900 | 10.5 |" in text  # sample standard deviation
     assert "| a | 1 | 0.9000 (one seed) | 0.8800 | 15.0 |" in text
+
+
+def test_batchnorm_bench_summary_takes_each_kinds_best_epoch_and_the_pass_share(monkeypatch):
+    batchnorm = load_bench("batchnorm")
+
+    def row(epoch, running, recomputed, dice=0.5):
+        return {
+            "epoch": epoch,
+            "running_val_loss": running,
+            "running_val_dice": dice,
+            "recomputed_val_loss": recomputed,
+            "recomputed_val_dice": dice + epoch / 10,
+            "train_seconds": 10.0,
+            "statistics_seconds": 4.0,
+        }
+
+    runs = [[row(1, 100.0, 1.0), row(2, 0.5, 0.6)], [row(1, 300.0, 1.2), row(2, 0.7, 0.8)]]
+    running, recomputed, share = batchnorm.summary(runs)
+    assert running.split()[0] == "running" and "epoch 1 val_loss 200.0000 ± 141.4214" in running
+    assert "best val_loss 0.6000 ± 0.1414 val_dice 0.5000 ± 0.0000 (epochs 2, 2)" in running
+    assert "last val_loss 0.7000 ± 0.1414" in recomputed and "val_dice 0.7000 ± 0.0000 (epochs 2, 2)" in recomputed
+    assert share == "statistics_pass_vs_training: 0.40"
 
 
 def test_inference_speed_bench_runs_every_variant_and_prints_the_onnxruntime_ratio():

@@ -23,6 +23,7 @@ from pipeline.tracking import (
 )
 from pipeline.train.loop import train_one_epoch
 from tests.helpers.httpserver import closed_port_url
+from tests.helpers.modelstore import FakeSession
 
 
 def test_project_root_is_dvc_root_else_the_working_directory(tmp_path: Path, monkeypatch):
@@ -155,22 +156,6 @@ def test_source_commit_is_mlflows_tag_and_the_hand_written_one_only_without_it(m
     monkeypatch.chdir(tmp_path)  # not a git checkout
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert git_commit() == "unknown"
-
-
-class FakeSession:
-    """What train_tracked needs of a TrainingSession; fit logs one more epoch and returns the tracker's ids."""
-
-    def __init__(self, best_path: Path, run_id: str | None = None, history: list[dict] | None = None):
-        from pipeline.core.classes import PERSON
-        from pipeline.core.splits import SplitInfo
-
-        self.split_info = SplitInfo("f" * 64, 32, PERSON, {"train": 2, "val": 1, "test": 1}, {})
-        self.encoder_weights_sha256 = "e" * 64
-        self.best_path, self.run_id, self.history = best_path, run_id, history or []
-
-    def fit(self, tracker) -> tuple[str, str]:
-        tracker.log_epoch({"epoch": len(self.history) + 1, "val_loss": 0.5})
-        return tracker.run_id, tracker.experiment_id
 
 
 def test_train_tracked_records_commit_data_and_checkpoint_and_continues_a_resumed_run(params, tmp_path, monkeypatch):

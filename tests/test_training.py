@@ -10,7 +10,7 @@ from pipeline.core.errors import ModelError
 from pipeline.evaluate.predictions import evaluate_checkpoint
 from pipeline.model.checkpoint import load_model, read_checkpoint
 from pipeline.train import distributed
-from pipeline.train.loop import NonFiniteLossError
+from pipeline.train.loop import NonFiniteLossError, recompute_batchnorm_statistics
 from pipeline.train.session import (
     TrainingSession,
     build_optimiser,
@@ -83,6 +83,33 @@ def test_fit_logs_every_epoch_and_keeps_the_best_val_loss_checkpoint(params, spl
     scores = evaluate_checkpoint(tmp_path / "best.pt", split_dir, "val", 0.5)
     assert scores["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)
     assert scores["val_dice"] == pytest.approx(best["val_dice"], rel=1e-4)
+
+
+def test_validation_after_a_few_steps_scores_with_the_statistics_of_the_trained_weights(params, split_dir, tmp_path):
+    # One epoch of two steps: BatchNorm's running averages would still be mostly their initial
+    # 0 and 1, and score the model hundreds of times worse than it trains.
+    run = session(tiny_config(params, epochs=1), split_dir, tmp_path)
+    run.fit(ListTracker())
+    (row,) = run.history
+    assert row["val_loss"] < 1.5 * row["train_loss"]
+
+
+def test_batchnorm_statistics_are_the_mean_over_the_images_and_leave_the_rest_untouched():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 1, 1))
+    batches = [torch.randn(4, 3, 5, 5) * 2 + 1, torch.randn(2, 3, 5, 5) - 3]  # a smaller last batch
+    loader = [(images, torch.zeros(len(images), 1, 5, 5)) for images in batches]
+    weights = [value.clone() for value in model.parameters()]
+    rng = torch.get_rng_state()
+    recompute_batchnorm_statistics(model, loader, torch.device("cpu"), desc="test")
+    layer = model[1]
+    # Over all six images, each batch weighted by its image count; dropout stayed off.
+    assert torch.allclose(layer.running_mean, torch.cat(batches).mean(dim=(0, 2, 3)), atol=1e-6)
+    expected_var = sum(len(images) * images.var(dim=(0, 2, 3)) for images in batches) / 6
+    assert torch.allclose(layer.running_var, expected_var, atol=1e-5)
+    assert layer.momentum == 0.1 and not model.training and not layer.training
+    assert all(torch.equal(before, after) for before, after in zip(weights, model.parameters(), strict=True))
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_scheduler_warms_up_then_decays_and_amp_uses_bf16_where_the_cpu_has_it(params, split_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""One epoch of training and one validation pass: the whole loop, no framework."""
+"""One epoch of training, the BatchNorm statistics pass and one validation pass: the whole loop, no framework."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -33,11 +34,14 @@ def out_of_memory_message(batch_size: int, epoch: int, step: int) -> str:
     )
 
 
-def _to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _images_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     # channels_last: faster train steps in fp32 and with bf16 (bench/encoders.py; measurements
     # in docs/performance.md); also the layout tensor cores want.
-    images = images.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return images, masks.to(device, non_blocking=True)
+    return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+
+
+def _to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return _images_to_device(images, device), masks.to(device, non_blocking=True)
 
 
 def train_one_epoch(
@@ -81,6 +85,44 @@ def train_one_epoch(
         seen += len(images)
         progress.set_postfix(loss=f"{total / seen:.4f}")
     return total, seen
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(
+    model: nn.Module, loader: DataLoader, device: torch.device, desc: str, precision: Precision | None = None
+) -> None:
+    """Set every BatchNorm layer's running mean and variance to their average over ``loader``'s
+    images under the current weights, each batch weighted by its image count.
+
+    The running averages training keeps lag the weights: they start from 0 and 1 (or the
+    pretrained values) and move a little per step, while the weights change a lot per epoch early
+    on. Recomputed before each validation, they are the statistics of the weights being scored,
+    and the checkpoint keeps them. Only the BatchNorm layers run in training mode (no dropout),
+    and training never reads these statistics: the weights are the same as without this pass.
+    Leaves ``model`` in eval mode.
+    """
+    layers = [layer for layer in model.modules() if isinstance(layer, _BatchNorm) and layer.track_running_stats]
+    if not layers:
+        return
+    precision = precision or Precision(device.type)
+    momenta = [layer.momentum for layer in layers]
+    model.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.train()
+    seen = 0
+    try:
+        for images, _ in tqdm(loader, desc=desc, unit="batch", leave=False):
+            seen += len(images)
+            for layer in layers:
+                # new = old + (batch - old) * share: the running value is the mean over the images so far.
+                layer.momentum = len(images) / seen
+            with precision.autocast():
+                model(_images_to_device(images, device))
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        model.eval()
 
 
 @torch.no_grad()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,7 +35,7 @@ from ..model.metrics import PER_CLASS_METRICS, SegmentationMetrics
 from ..model.network import build_model, load_pretrained_encoder
 from . import distributed
 from .augmentation import train_transform
-from .loop import train_one_epoch, validate
+from .loop import recompute_batchnorm_statistics, train_one_epoch, validate
 from .schedule import build_scheduler
 
 # Dice/IoU during training only monitor progress (model selection uses val loss); a fixed
@@ -45,6 +47,10 @@ RESUME_FORMAT = "unet-pipeline/resume-v1"
 # Keys that change how training runs but not what it computes; resuming across them is fine.
 RUNTIME_ONLY_KEYS = frozenset({"num_workers", "device", "resume", "compile"})
 NEW_RUN = "starting a new run"
+# The training images the BatchNorm statistics are recomputed on before each validation (all of
+# them up to this many, evenly spread beyond): plenty for a stable mean and variance per channel,
+# and a small share of an epoch once the training split is larger.
+BATCHNORM_STATISTICS_IMAGES = 256
 
 
 class Tracker(Protocol):
@@ -143,17 +149,31 @@ def loader_workers(setting: int | str, device: torch.device) -> int:
     return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
 
 
+def _augmented_loader(
+    images: np.ndarray, masks: np.ndarray, cfg: TrainConfig, options: dict[str, Any], replicas: int = 1, rank: int = 0
+) -> DataLoader:
+    """Training pairs augmented, in a seeded permutation (this rank's share of it); ``start_epoch``
+    reseeds both."""
+    data = SegmentationDataset(images, masks, train_transform())
+    sampler = DistributedSampler(data, num_replicas=replicas, rank=rank, shuffle=True, seed=cfg.seed)
+    return DataLoader(
+        data,
+        sampler=sampler,
+        drop_last=len(sampler) > cfg.batch_size,
+        generator=torch.Generator(),
+        worker_init_fn=_seed_worker,
+        **options,
+    )
+
+
 def build_loaders(
     cfg: TrainConfig, split_dir: Path, device: torch.device, topology: distributed.Topology
-) -> tuple[DataLoader, DataLoader]:
-    """The training loader (this rank's share, augmented, reseeded by ``start_epoch``) and the validation loader."""
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """The training loader (this rank's share), the statistics loader (the BatchNorm statistics'
+    training images, up to ``BATCHNORM_STATISTICS_IMAGES``, all in the main process) and the
+    validation loader. ``start_epoch`` reseeds the first two."""
     cuda = device.type == "cuda"
     workers = loader_workers(cfg.num_workers, device)
-    train_data = SegmentationDataset(*load_split(split_dir, "train"), train_transform())
-    # Every rank draws its share of the same seeded permutation; set_epoch reseeds it.
-    sampler = DistributedSampler(
-        train_data, num_replicas=topology.world_size, rank=topology.rank, shuffle=True, seed=cfg.seed
-    )
     options = dict(
         batch_size=cfg.batch_size,
         num_workers=workers,
@@ -162,16 +182,13 @@ def build_loaders(
         # on CUDA throughput matters more.
         persistent_workers=cuda and workers > 0,
     )
-    train = DataLoader(
-        train_data,
-        sampler=sampler,
-        drop_last=len(sampler) > cfg.batch_size,
-        generator=torch.Generator(),
-        worker_init_fn=_seed_worker,
-        **options,
-    )
+    images, masks = load_split(split_dir, "train")
+    # Every rank draws its share of the same seeded permutation.
+    train = _augmented_loader(images, masks, cfg, options, topology.world_size, topology.rank)
+    stride = math.ceil(len(images) / BATCHNORM_STATISTICS_IMAGES)
+    statistics = _augmented_loader(images[::stride], masks[::stride], cfg, options)
     val = DataLoader(SegmentationDataset(*load_split(split_dir, "val"), eval_transform()), shuffle=False, **options)
-    return train, val
+    return train, statistics, val
 
 
 def start_epoch(loader: DataLoader, seed: int, epoch: int, rank: int) -> None:
@@ -303,7 +320,9 @@ class TrainingSession:
         # Before any work: a loss that does not fit the classes fails at start-up, naming train.loss.
         self.loss_fn = build_loss(cfg.train.loss, self.classes)
         torch.manual_seed(cfg.train.seed)
-        self.train_loader, self.val_loader = build_loaders(cfg.train, split_dir, self.device, self.topology)
+        self.train_loader, self.statistics_loader, self.val_loader = build_loaders(
+            cfg.train, split_dir, self.device, self.topology
+        )
         self.model, self.encoder_weights_sha256 = build_training_model(
             cfg.model, self.classes, pretrained_dir, self.device
         )
@@ -346,7 +365,19 @@ class TrainingSession:
     def start_epoch(self, epoch: int) -> None:
         start_epoch(self.train_loader, self.cfg.train.seed, epoch, self.topology.rank)
 
+    def recompute_statistics(self, epoch: int) -> None:
+        """Set the BatchNorm statistics to those of the weights after ``epoch``, on the statistics
+        loader's images shuffled and augmented as training does (the inputs the network learnt
+        on), seeded as ``epoch``'s training batches are but with generators of their own, which
+        leaves training's untouched. In one process with at most ``BATCHNORM_STATISTICS_IMAGES``
+        training images, these are the epoch's training batches again."""
+        start_epoch(self.statistics_loader, self.cfg.train.seed, epoch, rank=0)
+        recompute_batchnorm_statistics(
+            self.model, self.statistics_loader, self.device, desc=f"epoch {epoch} BatchNorm", precision=self.precision
+        )
+
     def _validate(self, epoch: int, train_loss: float, started: float) -> dict[str, float]:
+        self.recompute_statistics(epoch)
         val_metrics = SegmentationMetrics(MONITOR_THRESHOLD, self.classes)
         val_loss = validate(
             self.model,

@@ -1,4 +1,5 @@
-"""A tiny checkpoint and a throwaway MLflow store with registered versions, for registry, predict and serving tests."""
+"""A tiny checkpoint, a stand-in training session and a throwaway MLflow store with registered
+versions, for tracking, registry, predict and serving tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pipeline.core.classes import PERSON, ClassSpec
 from pipeline.core.config import ModelConfig
 from pipeline.core.extensions import AUTO
 from pipeline.core.files import sha256_file, write_csv
+from pipeline.core.splits import SplitInfo
 from pipeline.evaluate.export import onnx_graph
 from pipeline.model.checkpoint import checkpoint_classes, load_model, save_checkpoint
 from pipeline.model.losses import resolve_loss
@@ -93,3 +95,16 @@ def project_client(project: Path) -> mlflow.MlflowClient:
     """A client of the MLflow store a project copy's stages write (its mlflow.db)."""
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     return mlflow.MlflowClient()
+
+
+class FakeSession:
+    """What train_tracked needs of a TrainingSession; fit logs one more epoch and returns the tracker's ids."""
+
+    def __init__(self, best_path: Path, run_id: str | None = None, history: list[dict] | None = None):
+        self.split_info = SplitInfo("f" * 64, 32, PERSON, {"train": 2, "val": 1, "test": 1}, {})
+        self.encoder_weights_sha256 = "e" * 64
+        self.best_path, self.run_id, self.history = best_path, run_id, history or []
+
+    def fit(self, tracker) -> tuple[str, str]:
+        tracker.log_epoch({"epoch": len(self.history) + 1, "val_loss": 0.5})
+        return tracker.run_id, tracker.experiment_id
