@@ -43,7 +43,8 @@ def test_show_mlflow_prints_each_training_run_with_its_latest_evaluation_and_the
     ]
     client = mlflow.MlflowClient()
     client.create_registered_model("shapes")
-    first, lower = (Contender(str(number), score, "val-set") for number, score in ((1, 0.81), (2, 0.7)))
+    first = Contender("1", 0.81, "val-set", {"a": 0.9, "b": 0.72})
+    lower = Contender("2", 0.7, "val-set", {"a": 0.75, "b": 0.65})
     for evaluation, decision in zip(evaluations, (decide_alias(first, None), decide_alias(lower, first)), strict=True):
         client.create_model_version("shapes", f"runs:/{evaluation.run_id}/model", evaluation.run_id)
         apply_decision("shapes", evaluation.run_id, decision)
@@ -57,5 +58,5 @@ def test_show_mlflow_prints_each_training_run_with_its_latest_evaluation_and_the
         "run unevaluated FINISHED lr 0.01 val_dice_deployed nan test_dice nan pairs used 96",
         "registered shapes version 1 from the evaluation of run first: champion (there was no champion yet)",
         "registered shapes version 2 from the evaluation of run lower-lr: challenger "
-        "(validation Dice 0.7000 does not beat champion version 1 (0.8100))",
+        "(not better than v1: -0.110 [-0.150, -0.070] on 2 validation images)",
     ]
