@@ -38,7 +38,7 @@ from pipeline.core.paths import PRETRAINED_DIR
 from pipeline.fetch.dataset import fetch_dataset
 from pipeline.model.metrics import SegmentationMetrics
 from pipeline.split.preparation import build_split
-from pipeline.train.loop import train_one_epoch, validate
+from pipeline.train.loop import validate
 from pipeline.train.session import MONITOR_THRESHOLD, TrainingSession
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -83,17 +83,7 @@ def train_seed(params: dict, seed: int, split_dir: Path, workdir: Path) -> list[
         for buffer, kept in zip(buffers, running, strict=True):
             buffer.copy_(kept)  # the running averages go on from where training left them
         started = time.perf_counter()
-        total, seen = train_one_epoch(
-            session.network,
-            session.train_loader,
-            session.loss_fn,
-            session.optimizer,
-            session.device,
-            epoch,
-            session.precision,
-            session.scheduler,
-            session.scaler,
-        )
+        total, seen = session.train_epoch(epoch)
         train_seconds = time.perf_counter() - started
         running = [buffer.clone() for buffer in buffers]
         running_loss, running_dice = score(session)

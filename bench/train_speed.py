@@ -47,7 +47,7 @@ from pipeline.model.network import build_model, load_pretrained_encoder
 from pipeline.split.layouts import Pair, find_inventory
 from pipeline.split.preparation import build_split
 from pipeline.split.samples import read_pair
-from pipeline.train.loop import train_one_epoch, validate
+from pipeline.train.loop import validate
 from pipeline.train.session import TrainingSession
 
 MONITOR_THRESHOLD = 0.5
@@ -164,17 +164,7 @@ def pipeline_loop(cfg, split_dir, prepare_seconds, val_loader, epochs, target):
         for epoch in range(1, epochs + 1):
             session.start_epoch(epoch)
             started = time.perf_counter()
-            images += train_one_epoch(
-                session.network,
-                loader,
-                session.loss_fn,
-                session.optimizer,
-                session.device,
-                epoch,
-                session.precision,
-                session.scheduler,
-                session.scaler,
-            )[1]
+            images += session.train_epoch(epoch, loader)[1]
             train_seconds += time.perf_counter() - started
             utilisation.append(_gpu_utilisation(session.device))
             started = time.perf_counter()

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -414,6 +415,21 @@ class TrainingSession:
             fingerprint=self.state.fingerprint,
         )
 
+    def train_epoch(self, epoch: int, loader: Iterable | None = None) -> tuple[float, int]:
+        """One epoch of training steps on ``loader`` (the training loader unless a benchmark wraps
+        it); the summed loss and the image count of this process."""
+        return train_one_epoch(
+            self.network,
+            self.train_loader if loader is None else loader,
+            self.loss_fn,
+            self.optimizer,
+            self.device,
+            epoch,
+            self.precision,
+            self.scheduler,
+            self.scaler,
+        )
+
     def fit(self, tracker: Tracker) -> TrainResult:
         """Train the remaining epochs into ``tracker``'s run. Under DDP every rank trains; rank 0
         validates, saves and logs. Ctrl-C raises KeyboardInterrupt saying what ``last.pt`` holds."""
@@ -430,17 +446,7 @@ class TrainingSession:
         for epoch in range(self.state.epoch + 1, self.cfg.train.epochs + 1):
             started = time.perf_counter()
             self.start_epoch(epoch)
-            total, seen = train_one_epoch(
-                self.network,
-                self.train_loader,
-                self.loss_fn,
-                self.optimizer,
-                self.device,
-                epoch,
-                self.precision,
-                self.scheduler,
-                self.scaler,
-            )
+            total, seen = self.train_epoch(epoch)
             total, seen = distributed.sum_across([total, seen], self.topology, self.device)
             row = distributed.from_main(self._validate(epoch, total / seen, started) if main else None, self.topology)
             self.state.history.append(row)
