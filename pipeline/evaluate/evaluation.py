@@ -97,8 +97,12 @@ def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, 
 def deployed_validation(val: SplitPredictions, threshold: float | None) -> tuple[float, list[dict[str, object]]]:
     """``val_dice_deployed`` and the per-image Dice it is the mean of (metrics/val_per_image.csv's
     rows), at ``threshold`` and with the TTA ``val`` was predicted with."""
-    rows = [{key: row[key] for key in paths.VAL_PER_IMAGE_FIELDS} for row in val.per_image(threshold)]
-    return val.metrics(threshold).compute()["dice"], rows
+    metrics = val.metrics(threshold)  # counted once, for the rows and their mean
+    rows = [
+        dict(zip(paths.VAL_PER_IMAGE_FIELDS, (id_, dice), strict=True))
+        for id_, dice in zip(val.ids, metrics.per_image("dice").tolist(), strict=True)
+    ]
+    return metrics.compute()["dice"], rows
 
 
 def evaluate_checkpoint(
