@@ -5,7 +5,7 @@ import os
 import shutil
 import signal
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,25 @@ def shared_zip() -> Path:
     if not SHARED_ZIP.exists():
         pytest.fail(f"reference dataset missing: {SHARED_ZIP} (CI lays ../shared beside the clone)")
     return SHARED_ZIP
+
+
+@pytest.fixture(scope="module")
+def module_folder(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """Makes folders for a module's fixtures, removed once the module is done unless one of its
+    tests failed: the module-scoped counterpart of tmp_path_retention_policy (pyproject.toml),
+    which does the same for each test's tmp_path. Without it every project a module copies
+    would stay on disk until the suite ends."""
+    made: list[Path] = []
+    failures_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failures_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -98,8 +98,8 @@ def test_the_onnx_backend_refuses_files_that_are_not_pipeline_exports(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported_graph(tmp_path_factory) -> onnx.ModelProto:
-    root = tmp_path_factory.mktemp("graph")
+def exported_graph(module_folder) -> onnx.ModelProto:
+    root = module_folder("graph")
     model, _ = load_model(tiny_checkpoint(root / "best.pt"))
     return export.onnx_graph(model, ClassSpec.of(["sky", "cloud"], None), InferenceSettings(0.3, True, "cd" * 32), 64)
 

@@ -69,9 +69,9 @@ def run_id_in_last(project: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, trained_project):
+def project(module_folder, trained_project):
     """A copy of the session's trained project, its state committed (the queued sweep's baseline)."""
-    root = copy_trained(trained_project, tmp_path_factory.mktemp("faults"))
+    root = copy_trained(trained_project, module_folder("faults"))
     assert load_params(root / "params.yaml")["train"]["epochs"] == EPOCHS
     subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
     subprocess.run([*GIT, "commit", "-qm", "baseline"], cwd=root, check=True)

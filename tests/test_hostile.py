@@ -592,9 +592,9 @@ def test_served_model_refuses_a_pixel_array_over_the_limit(checkpoint: Path):
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory):
+def serving(module_folder):
     """The champion of a store behind `mlflow models serve`, for the whole module."""
-    root = tmp_path_factory.mktemp("served")
+    root = module_folder("served")
     register(root, tiny_checkpoint(root / "best.pt"), threshold=0.5)
     with served(f"models:/{NAME}/1", f"sqlite:///{root / 'mlflow.db'}", root / "server.log") as running:
         yield running

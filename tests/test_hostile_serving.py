@@ -304,9 +304,9 @@ SERVER_TIMEOUT_S = 6
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory):
+def serving(module_folder):
     """A registered tiny model behind `mlflow models serve` with a short request timeout."""
-    root = tmp_path_factory.mktemp("served")
+    root = module_folder("served")
     register(root, tiny_checkpoint(root / "best.pt"), threshold=0.5)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", str(SERVER_TIMEOUT_S))

@@ -33,15 +33,15 @@ CHART_CARD = "experiment-view-compare-runs-card"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, trained_project) -> Path:
+def project(module_folder, trained_project) -> Path:
     if reason := browser.missing():
         pytest.skip(reason)
-    return copy_trained(trained_project, tmp_path_factory.mktemp("mlflow-ui"))
+    return copy_trained(trained_project, module_folder("mlflow-ui"))
 
 
 @pytest.fixture(scope="module")
-def base(project, tmp_path_factory):
-    with mlflow_ui(project, tmp_path_factory.mktemp("mlflow-ui-log") / "mlflow-ui.log") as url:
+def base(project, module_folder):
+    with mlflow_ui(project, module_folder("mlflow-ui-log") / "mlflow-ui.log") as url:
         yield url
 
 

@@ -24,8 +24,8 @@ EPOCHS = 25
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = copy_project(tmp_path_factory.mktemp("multiclass"))
+def project(module_folder):
+    root = copy_project(module_folder("multiclass"))
     params = tiny_params(load_params(root / "params.yaml"), "synthetic:160")
     params["data"].update(manifest=None, classes=CLASSES)
     params["split"].update(test_fraction=0.2)

@@ -48,8 +48,8 @@ LONGER_EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, trained_project):
-    return copy_trained(trained_project, tmp_path_factory.mktemp("e2e"))
+def project(module_folder, trained_project):
+    return copy_trained(trained_project, module_folder("e2e"))
 
 
 @pytest.fixture(scope="module")

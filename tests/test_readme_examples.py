@@ -44,21 +44,21 @@ def client_environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def phone_photo(tmp_path_factory) -> Path:
+def phone_photo(module_folder) -> Path:
     """A noisy 4000 x 3000 JPEG of about 5 MB: as hard to compress as a phone photo."""
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 28, (*PHOTO_SIZE, 3), dtype=np.uint8)
     pixels += np.linspace(0, 200, PHOTO_SIZE[1]).astype(np.uint8)[None, :, None]
-    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    path = module_folder("photo") / "photo.jpg"
     assert cv2.imwrite(str(path), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert 4.5e6 < path.stat().st_size < 7e6, path.stat().st_size
     return path
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(module_folder):
     """`mlflow models serve` of a tiny registered champion on a free loopback port."""
-    root = tmp_path_factory.mktemp("store")
+    root = module_folder("store")
     register(root, tiny_checkpoint(root / "best.pt"), threshold=0.5)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")
     with served(f"models:/{NAME}@champion", f"sqlite:///{root / 'mlflow.db'}", root / "server.log") as (base, _):
@@ -163,10 +163,10 @@ for path, keys in {METRIC_KEYS!r}.items():
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory) -> Path:
+def experiments(module_folder) -> Path:
     """A tiny DVC project with the pipeline's params and metric files, and two experiments:
     lr-small (train.lr changed) and, from there, sappy-tans (train.epochs changed too)."""
-    project = tmp_path_factory.mktemp("experiments")
+    project = module_folder("experiments")
     shutil.copyfile(PROJECT_ROOT / "params.yaml", project / "params.yaml")
     (project / "stage.py").write_text(STAGE_SCRIPT)
     params = [f"{section}.{key}" for section, values in load_params().items() for key in values]

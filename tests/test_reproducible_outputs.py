@@ -42,8 +42,8 @@ def files_of(root: Path, output: str) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def copies(tmp_path_factory) -> tuple[Path, Path]:
-    return run_copy(tmp_path_factory.mktemp("first")), run_copy(tmp_path_factory.mktemp("second"))
+def copies(module_folder) -> tuple[Path, Path]:
+    return run_copy(module_folder("first")), run_copy(module_folder("second"))
 
 
 @pytest.mark.parametrize("output", IDENTICAL)

@@ -43,9 +43,9 @@ def read_images(payload) -> tuple[list[np.ndarray], bool]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_folder):
     """A store whose champion is a tiny random-weight model registered with threshold 0.45 and TTA."""
-    root = tmp_path_factory.mktemp("store")
+    root = module_folder("store")
     checkpoint = tiny_checkpoint(root / "best.pt")
     register(root, checkpoint, threshold=THRESHOLD, tta=True)
     mlflow.MlflowClient().set_registered_model_alias(NAME, "champion", "1")

@@ -117,14 +117,14 @@ def client(server, login) -> mlflow.MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("photos"), count=24, size=64, seed=3)
+def photos(module_folder) -> Path:
+    return make_dataset(module_folder("photos"), count=24, size=64, seed=3)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, server, login, photos):
+def project(module_folder, server, login, photos):
     """The pipeline run once with `dvc repro` against the server, and the result committed."""
-    root = copy_project(tmp_path_factory.mktemp("team-project"))
+    root = copy_project(module_folder("team-project"))
     params = tiny_params(load_params(root / "params.yaml"), str(photos))
     params["data"]["manifest"] = None
     write_params(root / "params.yaml", params)

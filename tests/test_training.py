@@ -35,8 +35,8 @@ class ListTracker:
 
 
 @pytest.fixture(scope="module")
-def split_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
+def split_dir(module_folder) -> Path:
+    root = module_folder("data")
     return build_test_split(make_dataset(root / "raw", count=16, size=40), root, 32, 0.25, 0.25)
 
 
