@@ -101,10 +101,17 @@ def environment(project: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+# How long one command in a project copy (or a queued sweep) may take before the test calls it
+# hung: a guard against hangs, not a speed check, so it leaves the slowest command (the
+# multi-class project's first `dvc repro`; pytest's --durations list shows it) room to run
+# several times slower on a machine busy with other work.
+COMMAND_TIMEOUT_S = 1500
+
+
 def run(project: Path, *args: str, check: bool = False, **extra: str) -> subprocess.CompletedProcess:
     """Run a command in ``project``; with ``check``, a failure raises with its output."""
     result = subprocess.run(
-        args, cwd=project, env=environment(project, **extra), capture_output=True, text=True, timeout=600
+        args, cwd=project, env=environment(project, **extra), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -152,10 +159,10 @@ def run_queued_experiments(project: Path, learning_rates: list[str], **extra: st
             env=environment(project, **extra),
             stdout=output,
             stderr=subprocess.STDOUT,
-            timeout=600,
+            timeout=COMMAND_TIMEOUT_S,
         )
     assert started.returncode == 0, log.read_text()
-    deadline = time.monotonic() + 480
+    deadline = time.monotonic() + COMMAND_TIMEOUT_S
     status, asked = "", 0.0
     while time.monotonic() < deadline:
         # Watch for the experiments' refs every second (cheap), and ask DVC itself only when all
