@@ -1,8 +1,9 @@
-"""Command line: ``python -m pipeline predict|promote|manifest ...`` (also installed as ``unet-pipeline``)."""
+"""Command line: ``python -m pipeline predict|promote|prune|manifest ...`` (also installed as ``unet-pipeline``)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ from .core.stage import EXIT_INTERRUPTED, EXIT_USER_ERROR, printable_names
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {text!r}")
     return int(text)
 
 
@@ -73,6 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("version", metavar="VERSION", help="version number, e.g. 3, or models:/NAME/3")
     promote.add_argument("--reason", required=True, metavar="TEXT", help="why this version should serve")
 
+    prune = commands.add_parser(
+        "prune",
+        help="delete old registered versions and their runs; never an aliased one (champion, challenger)",
+        description="Keep every version of mlflow.registered_model (params.yaml) an alias points at, the newest "
+        "N others and those from the runs models/run.json and models/evaluation_run.json name, with their runs; "
+        "delete the other versions, their logged models (checkpoint and ONNX) and their evaluation runs, and the "
+        "training runs no kept version came from. Runs and logged models are soft-deleted: `mlflow gc`, as "
+        "printed, frees their files.",
+    )
+    prune.add_argument(
+        "--keep", type=_count, required=True, metavar="N", help="newest versions kept besides aliased ones"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+
     manifest = commands.add_parser("manifest", help="write a per-file SHA-256 manifest for data.manifest")
     manifest.add_argument("folder", type=Path)
     manifest.add_argument("--out", type=Path, required=True)
@@ -99,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "promote":
             return _promote(args.version, args.reason)
+        if args.command == "prune":
+            return _prune(args.keep, dry_run=args.dry_run)
         from .core.errors import DataError
         from .core.files import write_json
         from .fetch.dataset import build_manifest
@@ -132,6 +155,37 @@ def _promote(version: str, reason: str) -> int:
         f"promote: {name} version {number} is now {CHAMPION} "
         f"(was {f'version {previous}' if previous else 'none'}): {reason.strip()}"
     )
+    return 0
+
+
+def _prune(keep: int, *, dry_run: bool) -> int:
+    from .core.config import load_config
+    from .prune import apply_prune, plan_prune, workspace_runs
+    from .tracking import connect, tracking_uri
+
+    cfg = load_config()
+    name = cfg.mlflow.registered_model
+    connect(cfg.mlflow.experiment)
+    plan = plan_prune(name, keep, workspace_runs())
+    print(f"prune: {name} keeps version(s) {', '.join(plan.kept) or 'none'}")
+    if not plan.versions and not plan.runs:
+        print("prune: nothing to delete")
+        return 0
+    if not dry_run:
+        apply_prune(name, plan)
+    print(
+        f"prune: {'would delete' if dry_run else 'deleted'} version(s) {', '.join(plan.versions) or 'none'}, "
+        f"{len(plan.logged_models)} logged model(s) and {len(plan.runs)} run(s)"
+    )
+    if dry_run:
+        return 0
+    uri = tracking_uri()
+    store = uri if uri.startswith("sqlite:") else "DATABASE_URI"  # a server's: only its admin can reach it
+    # gc refuses to start without a tracking URI, and deletes a server's artifacts through it.
+    gc = ["mlflow", "gc", "--backend-store-uri", store, "--tracking-uri", uri]
+    gc += ["--run-ids", ",".join(plan.runs)] if plan.runs else []
+    gc += ["--logged-model-ids", ",".join(plan.logged_models)] if plan.logged_models else []
+    print(f"prune: free their files with: {shlex.join(gc)}")
     return 0
 
 

@@ -27,6 +27,7 @@ from .core import paths
 from .core.config import Config
 from .core.errors import TrackingError
 from .core.files import read_json, write_json
+from .core.sources import generated_source
 from .core.splits import SplitInfo
 
 TRACKING_DB = "mlflow.db"
@@ -265,7 +266,7 @@ class SplitDataset(MetaDataset):
 def dataset_source(source: str) -> DatasetSource:
     if source.startswith(("http://", "https://")):
         return HTTPDatasetSource(source)
-    if source.split(":", 1)[0] == "synthetic":
+    if generated_source(source) is not None:
         return CodeDatasetSource({"generator": source})
     return LocalArtifactDatasetSource(source)
 

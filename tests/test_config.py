@@ -56,6 +56,28 @@ def test_invalid_values_fail_naming_the_key(params, section, key, value, expecte
     assert expected in str(caught.value)
 
 
+@pytest.mark.parametrize("source", ["synthetic", "synthetic:96", "synthetic-lines:8", "~/data/synthetic-lines.zip"])
+def test_generated_sources_with_a_count_load(params, source):
+    params["data"]["source"] = source
+    assert parse_config(params).data.source == source
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("synthetic-lines:x", "data.source: write synthetic-lines:N with N a whole number from 1 to 100000"),
+        ("synthetic-lines", "data.source: write synthetic-lines:N"),
+        ("synthetic-lines:0", "data.source: write synthetic-lines:N"),
+        ("synthetic:ten", "data.source: write synthetic or synthetic:N"),
+    ],
+)
+def test_generated_source_with_a_bad_count_fails_naming_the_key(params, source, expected):
+    params["data"]["source"] = source
+    with pytest.raises(ConfigError) as caught:
+        parse_config(params)
+    assert expected in str(caught.value) and f"(got {source!r})" in str(caught.value)
+
+
 def test_threshold_accepts_auto_or_a_probability(params):
     params["evaluate"]["threshold"] = 0.4
     assert parse_config(params).evaluate.threshold == 0.4

@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.core.errors import FetchError
 from pipeline.core.files import write_json
+from pipeline.core.sources import DEFAULT_COUNTS, SYNTHETIC
 from pipeline.fetch.archive import extract
 from pipeline.fetch.dataset import build_manifest, fetch_dataset
 from pipeline.fetch.download import DownloadError, download
-from pipeline.fetch.synthetic import DEFAULT_COUNT
 from pipeline.split.layouts import find_inventory
 from tests.helpers.datasets import make_dataset
 from tests.helpers.httpserver import FileServer, closed_port_url
@@ -222,10 +222,10 @@ def test_synthetic_source_is_generated_offline_and_identical_every_time(tmp_path
 
 def test_plain_synthetic_has_the_default_size(tmp_path: Path):
     fetch_dataset("synthetic", tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)
-    assert len(list((tmp_path / "raw" / "masks").glob("*.png"))) == DEFAULT_COUNT
+    assert len(list((tmp_path / "raw" / "masks").glob("*.png"))) == DEFAULT_COUNTS[SYNTHETIC]
 
 
-@pytest.mark.parametrize("source", ["synthetic:0", "synthetic:ten", "synthetic:"])
+@pytest.mark.parametrize("source", ["synthetic:0", "synthetic:ten", "synthetic:", "synthetic:²", "synthetic:100001"])
 def test_malformed_synthetic_source_is_named(tmp_path: Path, source: str):
     with pytest.raises(FetchError, match=f"data.source: '{source}': write synthetic or synthetic:N"):
         fetch_dataset(source, tmp_path / "raw", manifest=None, cache_dir=tmp_path / "cache", classes=2)

@@ -20,6 +20,8 @@ ALLOWED = {
     "pipeline/evaluate": {"pipeline/core", "pipeline/model", "pipeline/serve"},
     "pipeline/register": {"pipeline/core", "pipeline/serve", "pipeline/tracking.py"},
     "pipeline/tracking.py": {"pipeline/core"},
+    # In no stage: a change to it must not rerun register, which would register a new version.
+    "pipeline/prune.py": {"pipeline/core", "pipeline/tracking.py"},
 }
 # The one exception, by file: config validates data.layout and train.loss at start-up against the
 # registries filled where the layouts and losses are defined (VALIDATES_WITH), importing those

@@ -133,6 +133,7 @@ def test_run_url_points_at_the_server_or_the_local_ui(monkeypatch, tmp_path):
         ("https://example.com/data/people.zip", "http", "people.zip"),
         ("~/data/human-seg.zip", "local", "human-seg.zip"),
         ("synthetic:96", "code", "synthetic:96"),
+        ("synthetic-lines:8", "code", "synthetic-lines:8"),
     ],
 )
 def test_training_data_is_an_mlflow_dataset_with_source_digest_and_counts(source, source_type, name):

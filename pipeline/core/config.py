@@ -22,6 +22,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from .classes import ClassSpec
 from .errors import ConfigError
+from .sources import generated_source
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -42,6 +43,12 @@ class DataConfig(_Section):
     palette: list[list[int]] | None
     on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
+
+    @field_validator("source")
+    @classmethod
+    def _generated_count(cls, value: str) -> str:
+        generated_source(value)  # a generator's name with a bad count raises, saying what to write
+        return value
 
     @field_validator("layout")
     @classmethod

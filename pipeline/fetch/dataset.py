@@ -13,11 +13,14 @@ from urllib.parse import urlparse
 
 from ..core.errors import FetchError, write_failure
 from ..core.files import atomic_dir, read_json, sha256_file, write_json
-from . import archive, folder, synthetic
+from ..core.sources import SYNTHETIC, SYNTHETIC_LINES, generated_source
+from . import archive, folder, synthetic, synthetic_lines
 from .download import DownloadError, download
 
 # Files that operating systems drop into folders and archives; never part of a dataset.
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "__MACOSX"})
+# What writes each generated source: generate(dest, count, classes).
+GENERATORS = {SYNTHETIC: synthetic.generate, SYNTHETIC_LINES: synthetic_lines.generate}
 
 OFFLINE_HINT = (
     "To use a local copy instead, point data.source at a .zip, .tar.gz or folder, e.g.\n"
@@ -72,16 +75,19 @@ def verify_manifest(root: Path, manifest_path: Path) -> None:
 
 def fetch_dataset(source: str, dest: Path, *, manifest: Path | None, cache_dir: Path, classes: int) -> Path:
     """Materialise ``source`` as ``dest`` (replaced atomically), verified against ``manifest``.
-    ``classes`` (background included) is how many classes the synthetic source draws."""
-    count = synthetic.synthetic_count(source)
-    if count is not None and manifest is not None:
+    ``classes`` (background included) is how many classes a generated source draws."""
+    try:
+        generated = generated_source(source)
+    except ValueError as exc:
+        raise FetchError(f"data.source: {source!r}: {exc}") from None
+    if generated is not None and manifest is not None:
         raise FetchError(
             f"data.source is {source!r}, generated on the spot: there is nothing to check data.manifest against; "
             "set data.manifest: null"
         )
     with atomic_dir(dest) as staging:
-        if count is not None:
-            synthetic.generate(staging, count, classes)
+        if generated is not None:
+            GENERATORS[generated.generator](staging, generated.count, classes)
         else:
             _fetch_verified(source, staging, manifest=manifest, cache_dir=cache_dir)
     return dest

@@ -11,6 +11,7 @@ rectangle, pentagon, triangle, ring) and the masks hold class ids.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -18,24 +19,9 @@ import numpy as np
 
 from ..core.errors import FetchError
 
-PREFIX = "synthetic"
-DEFAULT_COUNT = 64
-MAX_COUNT = 100_000
 WIDTH, HEIGHT = 128, 96  # not square, as photos are not
 SHAPE_KINDS = 5  # ellipse, rectangle, pentagon, triangle, ring
 MAX_CLASSES = SHAPE_KINDS + 1
-
-
-def synthetic_count(source: str) -> int | None:
-    """N for ``synthetic`` or ``synthetic:N``; None for any other source."""
-    if source != PREFIX and not source.startswith(f"{PREFIX}:"):
-        return None
-    count = str(DEFAULT_COUNT) if source == PREFIX else source.removeprefix(f"{PREFIX}:")
-    if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
-        raise FetchError(
-            f"data.source: {source!r}: write synthetic or synthetic:N with N a whole number from 1 to {MAX_COUNT}"
-        )
-    return int(count)
 
 
 def _texture(rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
@@ -100,10 +86,16 @@ def generate(dest: Path, count: int, classes: int) -> None:
             f"data.classes: the synthetic source draws one shape kind per class and has {SHAPE_KINDS} kinds, "
             f"so it makes 2 to {MAX_CLASSES} classes (background included), not {classes}"
         )
+    write_pairs(dest, count, lambda index: make_pair(index, classes))
+
+
+def write_pairs(dest: Path, count: int, make: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> None:
+    """Write ``images/NNNN.jpg`` and ``masks/NNNN.png`` under ``dest`` for pairs ``make(0)`` to
+    ``make(count - 1)``, one pair in memory at a time."""
     (dest / "images").mkdir(parents=True, exist_ok=True)
     (dest / "masks").mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        image, mask = make_pair(index, classes)
+        image, mask = make(index)
         name = f"{index:04d}"
         # Fixed JPEG quality and PNG compression: the same bytes every time, hence the same data hash.
         cv2.imwrite(str(dest / "images" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])

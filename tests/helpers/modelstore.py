@@ -72,12 +72,15 @@ def register(
     tta: bool = False,
     tags: dict[str, str] | None = None,
     val_scores: dict[str, float] | None = None,
+    parent: str | None = None,
 ) -> tuple[str, str]:
     """A finished run holding ``checkpoint`` (and ``val_scores`` where the evaluate stage logs its
     per-image validation Dice), registered as a new version of NAME and marked complete, as the
-    register stage leaves it; returns (run id, version)."""
+    register stage leaves it; returns (run id, version). ``parent``: the training run it is nested
+    under, as evaluation runs are."""
     use_store(root)
-    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("tests").experiment_id) as run:
+    experiment = mlflow.get_experiment_by_name("tests").experiment_id
+    with mlflow.start_run(experiment_id=experiment, parent_run_id=parent) as run:
         if val_scores is not None:
             scores = write_val_scores(root / paths.VAL_PER_IMAGE.name, val_scores)
             mlflow.log_artifact(str(scores), artifact_path=EVALUATION_ARTIFACTS)
