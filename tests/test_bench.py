@@ -151,3 +151,12 @@ def test_quality_bench_resumes_from_its_record_and_reruns_only_what_is_missing_o
     (output.with_suffix(".json")).write_text('[{"config": "a"}]')
     with pytest.raises(SystemExit, match="quality.json is not a record"):
         bench("--resume", "--seeds", "1")
+
+
+def test_split_memory_bench_splits_each_size_in_a_process_of_its_own_and_prints_the_ratio():
+    lines = run_bench("split_memory", "--pairs", "40", "20", "--photo-size", "64", "--image-size", "32")
+    assert re.fullmatch(r"imports and config alone: peak RSS \d+ MiB", lines[1])
+    rows = [line.split() for line in lines[3:-1]]
+    assert [row[0] for row in rows] == ["20", "40"] and rows[0][-1] == "1.00"
+    assert all(float(row[2]) > 0 and int(row[3]) > 0 and row[4] == "MiB" for row in rows)  # pairs/s, peak RSS
+    assert re.fullmatch(r"peak_rss_largest_vs_smallest: \d+\.\d\d", lines[-1])

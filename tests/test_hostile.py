@@ -30,6 +30,7 @@ from pipeline.core.config import DataConfig, SplitConfig, load_config
 from pipeline.core.errors import ConfigError, DataError, FetchError
 from pipeline.core.files import sha256_file
 from pipeline.core.images import INFERENCE_BATCH, MAX_IMAGE_PIXELS
+from pipeline.core.splits import StagedRows
 from pipeline.fetch import archive
 from pipeline.fetch.dataset import fetch_dataset
 from pipeline.model.checkpoint import CHECKPOINT_FORMAT
@@ -340,12 +341,14 @@ def test_failed_split_leaves_the_previous_split_whole(tmp_path: Path, monkeypatc
     before = {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()}
     saved = []
 
-    def crash_after_two(handle, array):  # the disk fills up (or Ctrl-C) in the middle of writing
+    copy = StagedRows.copy
+
+    def crash_after_two(rows, kind, chosen, handle):  # the disk fills up (or Ctrl-C) in the middle of writing
         if len(saved) == 2:
             raise KeyboardInterrupt
-        saved.append(np.lib.format.write_array(handle, array))
+        saved.append(copy(rows, kind, chosen, handle))
 
-    monkeypatch.setattr(np, "save", crash_after_two)
+    monkeypatch.setattr(StagedRows, "copy", crash_after_two)
     (raw / "images" / "000.jpg").write_bytes((raw / "images" / "001.jpg").read_bytes())
     with pytest.raises(KeyboardInterrupt):
         build_split(raw, split, tmp_path / "report.json", *split_config("error"))

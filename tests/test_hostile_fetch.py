@@ -24,6 +24,7 @@ import requests
 
 from pipeline.core import files, stage
 from pipeline.core.errors import FetchError, StorageError
+from pipeline.core.splits import StagedRows
 from pipeline.fetch import download as download_module
 from pipeline.fetch.dataset import fetch_dataset
 from pipeline.fetch.download import DEADLINE_ENV, DownloadError, download
@@ -386,14 +387,23 @@ def test_disk_full_in_split_keeps_the_previous_split_and_names_the_file(tmp_path
     raw = make_dataset(tmp_path / "raw", count=10, size=32)
     split = build_test_split(raw, tmp_path, 32, 0.2, 0.2)
     before = {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()}
-    import numpy as np
-
-    monkeypatch.setattr(np, "save", no_space)
+    monkeypatch.setattr(StagedRows, "copy", no_space)
     with pytest.raises(StorageError) as caught:
         build_test_split(raw, tmp_path, 32, 0.2, 0.2)
     message = str(caught.value)
     assert message.startswith(f"cannot write {split / 'train' / 'images.npy'}: no space left on the device (")
     assert f"bytes free on the disk of {split / 'train'}); free some space" in message and ".tmp" not in message
+    assert {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()} == before
+    assert not [name for name in siblings(tmp_path) if name.startswith(".split")]
+
+
+def test_disk_full_while_staging_the_resized_pairs_keeps_the_previous_split(tmp_path: Path, monkeypatch):
+    raw = make_dataset(tmp_path / "raw", count=10, size=32)
+    split = build_test_split(raw, tmp_path, 32, 0.2, 0.2)
+    before = {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()}
+    monkeypatch.setattr(StagedRows, "append", no_space)
+    with pytest.raises(StorageError, match=f"^cannot write {split}: no space left on the device"):
+        build_test_split(raw, tmp_path, 32, 0.2, 0.2)
     assert {p.relative_to(split): p.read_bytes() for p in split.rglob("*") if p.is_file()} == before
     assert not [name for name in siblings(tmp_path) if name.startswith(".split")]
 

@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -15,6 +18,7 @@ from pipeline.core.splits import PHOTO_SIZE_MASKS, SplitInfo, load_split, read_p
 from pipeline.split.preparation import build_split
 from pipeline.split.report import format_summary
 from tests.helpers.datasets import make_dataset
+from tests.helpers.project import PROJECT_ROOT
 
 SPLIT = SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=3)
 
@@ -83,7 +87,8 @@ def test_error_policy_stops_naming_every_bad_file_at_once(tmp_path: Path):
     ]:
         assert any(name in line and reason in line for line in message.splitlines()), (name, message)
     assert "data.on_bad_sample: skip" in message
-    assert not (tmp_path / "out").exists()
+    # The folder the split was staged in is gone with everything in it: no split, no report, no leftovers.
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_skip_policy_drops_bad_samples_and_the_report_says_what_happened(tmp_path: Path):
@@ -225,3 +230,64 @@ def test_the_test_split_keeps_its_repaired_masks_at_each_photos_own_size(tmp_pat
     assert not (split / "train" / PHOTO_SIZE_MASKS).exists() and not (split / "val" / PHOTO_SIZE_MASKS).exists()
     with pytest.raises(DataError, match=r"000002.png: missing or unreadable; rerun the split stage"):
         list(read_photo_size_masks(split, "test", 3))
+
+
+def test_the_report_gives_the_size_distribution_to_choose_the_image_size_by(tmp_path: Path):
+    sizes = [(60, 30), (30, 60), (48, 48), (40, 30), (100, 20), (64, 48), (48, 64), (50, 50), (90, 40), (33, 100)]
+    images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
+    images.mkdir(parents=True), masks.mkdir(parents=True)
+    for index, (width, height) in enumerate(sizes):
+        mask = np.zeros((height, width), np.uint8)
+        mask[: height // 2, : width // 2] = 255
+        cv2.imwrite(str(images / f"{index:03d}.png"), np.full((height, width, 3), index, np.uint8))
+        cv2.imwrite(str(masks / f"{index:03d}.png"), mask)
+    sizes_report = run(tmp_path, tmp_path / "raw")["image_size"]
+    assert sizes_report["shorter_side"] == {"min": 20, "median": 36.5, "max": 50}
+    assert sizes_report["megapixels"] == {"min": 0.001, "median": 0.002, "max": 0.004}
+    assert sizes_report["aspect_ratio"] == {
+        "<0.50": 1,
+        "0.50-0.70": 1,
+        "0.70-0.90": 1,
+        "0.90-1.11": 2,
+        "1.11-1.43": 2,
+        "1.43-2.00": 0,
+        ">=2.00": 3,
+    }
+    assert sizes_report["shorter_than_image_size"] == 4  # shorter sides 30, 30, 30 and 20 below 32
+    assert sizes_report["width"] == {"min": 30, "median": 49.0, "max": 100} and sizes_report["distinct"] == 10
+
+
+# The split stage in a process of its own, printing its peak resident memory in KiB (Linux's ru_maxrss unit).
+PEAK_RSS_OF_A_SPLIT = """
+import resource, sys
+from pathlib import Path
+from tests.helpers.datasets import build_test_split
+build_test_split(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), val_fraction=0.2, test_fraction=0.2)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.process
+def test_the_split_stages_peak_memory_does_not_grow_with_the_number_of_pairs(tmp_path: Path):
+    size, counts = 128, (40, 400)
+    # Both at once: each process spends most of its seconds importing.
+    splits = [
+        subprocess.Popen(
+            [sys.executable, "-c", PEAK_RSS_OF_A_SPLIT, str(raw), str(tmp_path / f"out{count}"), str(size)],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for count in counts
+        for raw in [make_dataset(tmp_path / f"raw{count}", count=count, size=size)]
+    ]
+    peaks = []
+    for split in splits:
+        stdout, stderr = split.communicate(timeout=120)
+        assert split.returncode == 0, stderr[-3000:]
+        peaks.append(int(stdout.split()[-1]) * 1024)
+    one_pair = size * size * 3 + size * size  # the resized image and mask a pair adds to data/split
+    # Holding the pairs would add 360 pairs' arrays (a few times over, counting copies): 24 MB and more.
+    assert peaks[1] - peaks[0] < 8 * one_pair, (peaks, one_pair)

@@ -24,21 +24,34 @@ MAX_IMAGE_PIXELS = 40_000_000
 INFERENCE_BATCH = 8
 
 
-def check_pixels(data: bytes, name: str | Path) -> bool:
-    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS pixels; False if Pillow
-    cannot read the header at all (not an image, or a format only OpenCV knows)."""
+def open_image(data: bytes, name: str | Path) -> Image.Image:
+    """Pillow's view of the file, its header read and no pixel decoded, once the size it declares
+    is within MAX_IMAGE_PIXELS (a DataError if not). Pillow's own errors pass through:
+    UnidentifiedImageError for a format it does not know, OSError and the like for a broken header."""
     limit = f"the limit of {MAX_IMAGE_PIXELS:,} pixels (MAX_IMAGE_PIXELS in pipeline/core/images.py); scale it down"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
+            image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours
         raise DataError(f"{name}: image is larger than {limit}") from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise DataError(f"{name}: {width}x{height} image is larger than {limit}")
+    return image
+
+
+def check_pixels(data: bytes, name: str | Path) -> bool:
+    """Refuse an image whose header declares more than MAX_IMAGE_PIXELS pixels; False if Pillow
+    cannot read the header at all (not an image, or a format only OpenCV knows)."""
+    try:
+        image = open_image(data, name)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return False
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DataError(f"{name}: {width}x{height} image is larger than {limit}")
+    image.close()
     return True
 
 

@@ -9,10 +9,12 @@ are taken at the size ``predict`` delivers masks at.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -57,14 +59,51 @@ class SplitInfo:
         )
 
 
-def write_split(out_dir: Path, ids: list[str], images: np.ndarray, masks: np.ndarray, info: SplitInfo) -> None:
-    """Each split's rows of ``images`` (N x S x S x 3) and ``masks`` (N x S x S), then ``split.json``."""
+class StagedRows:
+    """The resized images and masks of a split being built, appended one pair at a time to two
+    files in ``folder`` and removed on leaving the ``with`` block: writing the split copies them
+    from there row by row, so memory does not grow with the dataset."""
+
+    def __init__(self, folder: Path, image_size: int):
+        self.shapes = {"images": (image_size, image_size, 3), "masks": (image_size, image_size)}
+        self._paths = {kind: folder / f".{kind}.rows" for kind in self.shapes}
+        self._files: dict[str, BinaryIO] = {}
+
+    def __enter__(self) -> StagedRows:
+        self._files = {kind: path.open("w+b") for kind, path in self._paths.items()}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for kind, handle in self._files.items():
+            handle.close()
+            self._paths[kind].unlink()
+
+    def append(self, image: np.ndarray, mask: np.ndarray) -> None:
+        for kind, array in (("images", image), ("masks", mask)):
+            if array.shape != self.shapes[kind] or array.dtype != np.uint8:
+                raise ValueError(f"{kind} row of {array.dtype} {array.shape}; expected uint8 {self.shapes[kind]}")
+            self._files[kind].write(np.ascontiguousarray(array).data)
+
+    def copy(self, kind: str, rows: list[int], handle: BinaryIO) -> None:
+        """Rows ``rows`` of ``kind``, in that order, as one ``.npy`` file (the bytes ``np.save`` writes)."""
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(handle, {**header, "shape": (len(rows), *self.shapes[kind])})
+        source = self._files[kind]
+        source.flush()
+        size = math.prod(self.shapes[kind])
+        for row in rows:
+            handle.write(os.pread(source.fileno(), size, row * size))
+
+
+def write_split(out_dir: Path, ids: list[str], rows: StagedRows, info: SplitInfo) -> None:
+    """Each split's ``images.npy`` (N x S x S x 3) and ``masks.npy`` (N x S x S) from ``rows``, whose
+    row i is pair ``ids[i]``; then ``split.json``."""
     position = {id_: index for index, id_ in enumerate(ids)}
     for name in SPLITS:
-        rows = [position[id_] for id_ in info.ids[name]]
-        for kind, array in (("images", images), ("masks", masks)):
+        chosen = [position[id_] for id_ in info.ids[name]]
+        for kind in rows.shapes:
             with atomic_path(out_dir / name / f"{kind}.npy") as tmp, tmp.open("wb") as handle:
-                np.save(handle, array[rows])
+                rows.copy(kind, chosen, handle)
     write_json(out_dir / INFO_FILE, info.to_dict())
 
 

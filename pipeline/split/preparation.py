@@ -2,8 +2,9 @@
 split, and write ``data/split/`` with its ``data/report.json``.
 
 Every photo is decoded once here and resized to ``data.image_size``; training then reads
-small uint8 arrays instead of decoding full-size files every epoch. The test masks are also
-kept at each photo's own size, where evaluate scores the test predictions.
+small uint8 arrays instead of decoding full-size files every epoch. The resized pairs wait on
+disk (``StagedRows``) until the split is drawn, so memory does not grow with the dataset. The
+test masks are also kept at each photo's own size, where evaluate scores the test predictions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..core.classes import ClassSpec
 from ..core.config import DataConfig, SplitConfig
 from ..core.errors import DataError
 from ..core.files import atomic_dir, write_json
-from ..core.splits import SPLITS, SplitInfo, write_photo_size_mask, write_split
+from ..core.splits import SPLITS, SplitInfo, StagedRows, write_photo_size_mask, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
 from .samples import read_fitted_mask, read_pair
@@ -32,27 +33,19 @@ from .splitting import check_split_sizes, split_pairs, unit_count
 
 
 @dataclass
-class PreparedData:
-    ids: list[str]
-    images: np.ndarray  # (N, S, S, 3) uint8 RGB
-    masks: np.ndarray  # (N, S, S) uint8 class ids (0/1 for binary)
+class Preparation:
+    records: list[PairRecord]  # the kept pairs, in the order of their rows
+    bad: list[BadSample]
+    duplicates: list[list[str]]  # ids of pairs whose decoded images are identical
     content_hash: str
 
 
-@dataclass
-class Preparation:
-    data: PreparedData
-    records: list[PairRecord]
-    bad: list[BadSample]
-    duplicates: list[list[str]]  # ids of pairs whose decoded images are identical
-
-
-def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Preparation:
-    """Read, repair and resize every pair; hash the kept files' bytes for provenance."""
+def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec, rows: StagedRows) -> Preparation:
+    """Read, repair and resize every pair into ``rows``; hash the kept files' bytes for provenance."""
     resize = A.Compose(
         [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
     )
-    images, masks, records, bad = [], [], [], []
+    records, bad = [], []
     by_content: dict[str, list[str]] = defaultdict(list)
     content = hashlib.sha256()
     for pair in tqdm(sorted(pairs, key=lambda pair: pair.id), desc="prepare", unit="pair"):
@@ -68,23 +61,15 @@ def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec) -> Prepa
         decoded = hashlib.sha256(f"{sample.image.shape}".encode() + sample.image.tobytes()).hexdigest()
         by_content[decoded].append(pair.id)
         resized = resize(image=sample.image, mask=sample.mask)
-        images.append(resized["image"])
-        masks.append(resized["mask"])
+        rows.append(resized["image"], resized["mask"])
         height, width = sample.image.shape[:2]
         foreground = float((resized["mask"] > 0).mean())
         present = tuple(int(class_id) for class_id in np.unique(resized["mask"]))  # as training sees it
         records.append(
             PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs), present)
         )
-    shape = (0, image_size, image_size)
-    data = PreparedData(
-        [record.id for record in records],
-        np.stack(images) if images else np.empty((*shape, 3), np.uint8),
-        np.stack(masks) if masks else np.empty(shape, np.uint8),
-        content.hexdigest(),
-    )
     duplicates = sorted(ids for ids in by_content.values() if len(ids) > 1)
-    return Preparation(data, records, bad, duplicates)
+    return Preparation(records, bad, duplicates, content.hexdigest())
 
 
 def write_photo_size_masks(
@@ -113,38 +98,45 @@ def check_policy(bad: Sequence[BadSample], policy: str) -> None:
         )
 
 
+def draw_split(
+    raw_dir: Path, prepared: Preparation, bad: Sequence[BadSample], policy: str, split_cfg: SplitConfig
+) -> dict[str, list[str]]:
+    """The ids of each split of the kept pairs, once the bad-sample policy and the split sizes allow one."""
+    check_policy(bad, policy)
+    if not prepared.records:
+        raise DataError(f"{raw_dir}: no usable image/mask pairs found")
+    foreground = {record.id: record.foreground for record in prepared.records}
+    check_split_sizes(unit_count(foreground, prepared.duplicates), split_cfg.val_fraction, split_cfg.test_fraction)
+    return split_pairs(
+        foreground,
+        prepared.duplicates,
+        val_fraction=split_cfg.val_fraction,
+        test_fraction=split_cfg.test_fraction,
+        seed=split_cfg.seed,
+        data_hash=prepared.content_hash,
+    )
+
+
 def build_split(
     raw_dir: Path, split_dir: Path, report_path: Path, data_cfg: DataConfig, split_cfg: SplitConfig
 ) -> dict[str, Any]:
     """Everything the split stage does; returns the report it wrote."""
     inventory = find_inventory(raw_dir, data_cfg.layout)
     classes = data_cfg.class_spec()
-    prepared = prepare(inventory.pairs, data_cfg.image_size, classes)
-    bad = inventory.bad + prepared.bad
-    check_policy(bad, data_cfg.on_bad_sample)
-    if not prepared.records:
-        raise DataError(f"{raw_dir}: no usable image/mask pairs found")
-    foreground = {record.id: record.foreground for record in prepared.records}
-    # Before anything is written: a refused split leaves the previous one as it was.
-    check_split_sizes(unit_count(foreground, prepared.duplicates), split_cfg.val_fraction, split_cfg.test_fraction)
-    assignment = split_pairs(
-        foreground,
-        prepared.duplicates,
-        val_fraction=split_cfg.val_fraction,
-        test_fraction=split_cfg.test_fraction,
-        seed=split_cfg.seed,
-        data_hash=prepared.data.content_hash,
-    )
-    info = SplitInfo(
-        data_hash=prepared.data.content_hash,
-        image_size=data_cfg.image_size,
-        classes=classes,
-        counts={name: len(assignment[name]) for name in SPLITS},
-        ids=assignment,
-    )
-    # Built aside and swapped in whole, like data/raw: a crash leaves the old split or the new one.
+    # Built aside and swapped in whole, like data/raw: a crash, or a refusal below, leaves the old split.
     with atomic_dir(split_dir) as staging:
-        write_split(staging, prepared.data.ids, prepared.data.images, prepared.data.masks, info)
+        with StagedRows(staging, data_cfg.image_size) as rows:
+            prepared = prepare(inventory.pairs, data_cfg.image_size, classes, rows)
+            bad = inventory.bad + prepared.bad
+            assignment = draw_split(raw_dir, prepared, bad, data_cfg.on_bad_sample, split_cfg)
+            info = SplitInfo(
+                data_hash=prepared.content_hash,
+                image_size=data_cfg.image_size,
+                classes=classes,
+                counts={name: len(assignment[name]) for name in SPLITS},
+                ids=assignment,
+            )
+            write_split(staging, [record.id for record in prepared.records], rows, info)
         write_photo_size_masks(staging, prepared.records, assignment["test"], classes)
     report = build_report(
         root=raw_dir,
@@ -156,8 +148,9 @@ def build_split(
         ignored=inventory.ignored,
         duplicates=prepared.duplicates,
         assignment=assignment,
-        data_hash=prepared.data.content_hash,
+        data_hash=prepared.content_hash,
         classes=classes.names,
+        image_size=data_cfg.image_size,
     )
     write_json(report_path, report)
     return report

@@ -10,6 +10,8 @@ whose EXIF orientation could not be settled.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -63,15 +65,38 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
 
 
-def _size_distribution(records: Sequence[PairRecord]) -> dict[str, Any]:
+# Width / height: every photo is resized to a square, so its aspect ratio says how much it is
+# squeezed. The bands are symmetric (a 3:4 portrait and a 4:3 landscape are squeezed alike).
+ASPECT_BANDS = (0.5, 0.7, 0.9, 1 / 0.9, 1 / 0.7, 2.0)
+
+
+def _band_names() -> tuple[str, ...]:
+    edges = [f"{edge:.2f}" for edge in ASPECT_BANDS]
+    return (f"<{edges[0]}", *(f"{low}-{high}" for low, high in itertools.pairwise(edges)), f">={edges[-1]}")
+
+
+ASPECT_BAND_NAMES = _band_names()
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def _size_distribution(records: Sequence[PairRecord], image_size: int) -> dict[str, Any]:
     if not records:
         return {}
-    widths = [record.width for record in records]
-    heights = [record.height for record in records]
-    common = Counter(f"{record.width}x{record.height}" for record in records)
+    sizes = [(record.width, record.height) for record in records]
+    shorter = [min(size) for size in sizes]
+    common = Counter(f"{width}x{height}" for width, height in sizes)
+    bands = Counter(ASPECT_BAND_NAMES[bisect.bisect_right(ASPECT_BANDS, width / height)] for width, height in sizes)
     return {
-        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
-        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+        "width": _spread([width for width, _ in sizes]),
+        "height": _spread([height for _, height in sizes]),
+        "shorter_side": _spread(shorter),
+        "megapixels": {key: round(value, 3) for key, value in _spread([w * h / 1e6 for w, h in sizes]).items()},
+        "aspect_ratio": {band: bands[band] for band in ASPECT_BAND_NAMES},
+        # data.image_size above a photo's shorter side enlarges it: more compute, no more detail.
+        "shorter_than_image_size": sum(side < image_size for side in shorter),
         # Sorted by count, then by name, so the file does not depend on listing order.
         "most_common": dict(sorted(common.items(), key=lambda item: (-item[1], item[0]))[:5]),
         "distinct": len(common),
@@ -170,6 +195,7 @@ def build_report(
     assignment: Mapping[str, Sequence[str]],
     data_hash: str,
     classes: Sequence[str],
+    image_size: int,
 ) -> dict[str, Any]:
     """The content of ``data/report.json``: every list sorted, so unchanged data gives identical bytes."""
     split_of = {id_: name for name, ids in assignment.items() for id_ in ids}
@@ -183,7 +209,7 @@ def build_report(
         "repairs_by_kind": dict(sorted(Counter(r.kind for record in records for r in record.repairs).items())),
         "skipped_by_reason": dict(sorted(Counter(sample.reason for sample in bad).items())),
         "split": {name: len(assignment[name]) for name in SPLITS},
-        "image_size": _size_distribution(records),
+        "image_size": _size_distribution(records, image_size),
         "foreground_fraction": _foreground_by_split(records, assignment),
         "masks_with_class": _masks_with_class(records, assignment, classes),
         "duplicates": [
@@ -239,6 +265,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
             f"image sizes: width {sizes['width']['min']}-{sizes['width']['max']} (median {sizes['width']['median']}), "
             f"height {sizes['height']['min']}-{sizes['height']['max']} (median {sizes['height']['median']}), "
             f"{sizes['distinct']} distinct; most common {_counts(sizes['most_common'])}"
+        )
+        bands = {band: count for band, count in sizes["aspect_ratio"].items() if count}
+        lines.append(
+            f"  megapixels {sizes['megapixels']['min']}-{sizes['megapixels']['max']} "
+            f"(median {sizes['megapixels']['median']}); width/height {_counts(bands)}; "
+            f"{sizes['shorter_than_image_size']} enlarged (shorter side below data.image_size)"
         )
     lines.append(
         "foreground fraction: "

@@ -14,7 +14,6 @@ stored, like its mask, and the repair says so: a guess would put the mask on a t
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..core.classes import ClassSpec, Colour
 from ..core.errors import DataError
-from ..core.images import check_pixels, decode_image
+from ..core.images import decode_image, open_image
 from .layouts import Pair
 from .report import EXIF_AMBIGUOUS, BadSample, Repair
 
@@ -49,36 +48,47 @@ class _Rejected(Exception):
         self.record = BadSample(reason, (path,), detail)
 
 
-def _check_decodable(data: bytes, path) -> np.ndarray:
-    """The file's pixels as stored (true depth and channels, no rotation), or a rejection naming why."""
+@dataclass
+class _Decoded:
+    raw: np.ndarray  # the pixels as stored: true depth and channels, no rotation
+    orientation: int  # EXIF orientation, 1 when the file has none
+    pillow_reads: bool  # whether Pillow knows the format (decode_image, as predict uses it, needs it)
+
+
+def _decode(data: bytes, path) -> _Decoded:
+    """The file opened by Pillow once and decoded by OpenCV once, or a rejection naming why not."""
     if not data:
         raise _Rejected("empty_file", path, "empty file (0 bytes)")
     try:
-        check_pixels(data, path)
+        opened = open_image(data, path)
     except DataError as exc:
         raise _Rejected("too_large", path, str(exc).removeprefix(f"{path}: ")) from None
-    try:
-        # Some OpenCV versions decode a truncated JPEG without complaint, filling the rest
-        # with grey; Pillow's full decode always notices.
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
     except UnidentifiedImageError:
-        pass  # not a format Pillow knows: OpenCV decides below
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        opened = None  # not a format Pillow knows: OpenCV decides below
+    except (OSError, SyntaxError, ValueError) as exc:
         raise _Rejected("truncated", path, f"truncated or corrupt image ({exc})") from None
+    orientation = 1
+    if opened is not None:
+        with opened:
+            try:
+                # Some OpenCV versions decode a truncated JPEG without complaint, filling the rest
+                # with grey; Pillow's full decode always notices.
+                opened.load()
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+                raise _Rejected("truncated", path, f"truncated or corrupt image ({exc})") from None
+            orientation = _exif_orientation(opened)
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise _Rejected("unreadable", path, "not a readable image (unknown format or corrupt)")
     if raw.dtype not in (np.uint8, np.uint16):
         raise _Rejected("unsupported_pixels", path, f"{raw.dtype} pixels; only 8- and 16-bit images are supported")
-    return raw
+    return _Decoded(raw, orientation, opened is not None)
 
 
-def _exif_orientation(data: bytes) -> int:
+def _exif_orientation(image: Image.Image) -> int:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.getexif().get(EXIF_ORIENTATION, 1))
-    except (UnidentifiedImageError, OSError, ValueError, TypeError):
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, TypeError):
         return 1
 
 
@@ -102,14 +112,21 @@ def _same_picture(shape: tuple[int, int], other: tuple[int, int]) -> bool:
     )
 
 
-def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarray, list[Repair]]:
-    raw = _check_decodable(data, path)
-    repairs = _conversions(raw)
-    orientation = _exif_orientation(data)
+def _upright(data: bytes, path, decoded: _Decoded) -> np.ndarray:
+    """The photo as ``decode_image`` gives it to predict: 8-bit RGB, EXIF orientation applied."""
+    if decoded.orientation == 1 and decoded.pillow_reads:
+        return _as_stored(data, decoded)
     try:
-        upright = decode_image(data, path)
+        return decode_image(data, path)
     except DataError as exc:
         raise _Rejected("unreadable", path, str(exc).removeprefix(f"{path}: ")) from None
+
+
+def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarray, list[Repair]]:
+    decoded = _decode(data, path)
+    raw, orientation = decoded.raw, decoded.orientation
+    repairs = _conversions(raw)
+    upright = _upright(data, path, decoded)
     if orientation == 1:
         return upright, repairs
     stored = raw.shape[:2]
@@ -117,7 +134,7 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
     if fits_stored and fits_upright:
         # Square, or a flip or half turn (the shape stays): the mask's shape cannot tell which photo it was
         # drawn on. Keep the pixels as stored, as the mask is read, and say so.
-        return _as_stored(data), repairs + [
+        return _as_stored(data, decoded), repairs + [
             Repair(
                 EXIF_AMBIGUOUS,
                 f"EXIF orientation {orientation} not applied: the mask fits the {stored[1]}x{stored[0]} photo "
@@ -127,7 +144,7 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
         ]
     if fits_stored:
         # The mask was drawn on the pixels as stored, not as viewers show them.
-        return _as_stored(data), repairs + [
+        return _as_stored(data, decoded), repairs + [
             Repair("exif_ignored", f"EXIF orientation {orientation} ignored: the mask matches the stored pixels")
         ]
     return upright, repairs + [
@@ -137,8 +154,12 @@ def read_image(data: bytes, path, mask_shape: tuple[int, int]) -> tuple[np.ndarr
     ]
 
 
-def _as_stored(data: bytes) -> np.ndarray:
+def _as_stored(data: bytes, decoded: _Decoded) -> np.ndarray:
     """The photo as 8-bit RGB, its EXIF orientation not applied."""
+    raw = decoded.raw
+    if raw.dtype == np.uint8 and raw.ndim == 3 and raw.shape[2] == 3:
+        # OpenCV gives 8-bit colour pixels the same whether asked to convert them or not: no second decode.
+        return cv2.cvtColor(raw, cv2.COLOR_BGR2RGB)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
@@ -218,7 +239,7 @@ def _listed(values: list) -> str:
 
 def read_mask(data: bytes, path, classes: ClassSpec) -> tuple[np.ndarray, list[Repair]]:
     """Class ids per pixel (0/1 for two classes), as ``classes`` says masks encode them."""
-    raw = _check_decodable(data, path)
+    raw = _decode(data, path).raw
     if classes.palette is not None:
         return _palette_mask(raw, path, classes.palette), []
     repairs = (
