@@ -160,3 +160,11 @@ def test_split_memory_bench_splits_each_size_in_a_process_of_its_own_and_prints_
     assert [row[0] for row in rows] == ["20", "40"] and rows[0][-1] == "1.00"
     assert all(float(row[2]) > 0 and int(row[3]) > 0 and row[4] == "MiB" for row in rows)  # pairs/s, peak RSS
     assert re.fullmatch(r"peak_rss_largest_vs_smallest: \d+\.\d\d", lines[-1])
+
+
+def test_evaluate_memory_bench_runs_evaluate_for_both_sizes_and_prints_the_growth_per_image():
+    lines = run_bench("evaluate_memory", "--image-size", "32", "--images", "2", "4", "--encoder", "resnet18")
+    rows = [line.split() for line in lines if re.match(r"\s+\d+ ", line)]
+    assert [row[0] for row in rows] == ["2", "4"] and all(float(row[2]) > 0 for row in rows)  # peak MiB
+    assert re.fullmatch(r"peak_growth_per_image_mib: -?\d+\.\d{3}", lines[-2])
+    assert lines[-1] == "logits_per_image_mib: 0.004"

@@ -7,23 +7,29 @@ from pipeline.core.intervals import bootstrap_mean
 from pipeline.core.splits import write_photo_size_mask
 from pipeline.evaluate.gallery import (
     BACKGROUND,
+    CASES_EACH,
     PANEL,
     SWATCH,
     SWATCH_BORDER,
     SWATCH_TOP,
+    Case,
+    GalleryCases,
     legend_swatches,
     pick_cases,
     render_gallery,
 )
 from pipeline.evaluate.predictions import (
+    EVAL_BATCH_SIZE,
     HEADLINE_METRICS,
     PER_IMAGE_FIELDS,
-    PhotoSizePredictions,
-    SplitPredictions,
+    Batch,
+    PhotoSizeScores,
+    SplitScores,
     interval_bounds,
 )
 from pipeline.evaluate.thresholds import SWEEP_THRESHOLDS, best_threshold, mark_chosen, sweep, sweep_thresholds
-from pipeline.model.outputs import predict_logits
+from pipeline.model.metrics import SegmentationMetrics
+from pipeline.model.outputs import class_probabilities, predict_logits
 from pipeline.serve.palette import (
     BINARY_OVERLAY,
     DISTINCT_COLOURS,
@@ -39,11 +45,46 @@ def logits_of(probabilities: list[float]) -> torch.Tensor:
     return torch.log(p / (1 - p)).float().reshape(1, 1, 1, -1)
 
 
+def batches_of(truth: torch.Tensor, logits: torch.Tensor, classes: ClassSpec, loss: float = 0.0) -> list[Batch]:
+    """What predict_batches yields for a split of these truths and logits (and black photos)."""
+    photos = np.zeros((truth.shape[0], *truth.shape[2:], 3), np.uint8)
+    probabilities = class_probabilities(logits, classes)
+    return [
+        Batch(start, photos[start:end], truth[start:end], probabilities[start:end], loss)
+        for start, end in ((start, start + EVAL_BATCH_SIZE) for start in range(0, len(truth), EVAL_BATCH_SIZE))
+    ]
+
+
+def scored(
+    truth: torch.Tensor,
+    logits: torch.Tensor,
+    classes: ClassSpec,
+    thresholds: tuple[float | None, ...],
+    ids: list[str] | None = None,
+    split: str = "test",
+    loss: float = 0.0,
+) -> SplitScores:
+    """A split of these truths and logits scored batch by batch, as evaluate scores one."""
+    scores = SplitScores(split, ids or [str(index) for index in range(len(truth))], classes, thresholds)
+    for batch in batches_of(truth, logits, classes, loss):
+        scores.update(batch)
+    return scores
+
+
+def scored_at_photo_size(
+    network: SplitScores, split_dir, logits: torch.Tensor, truth: torch.Tensor, threshold: float | None
+) -> tuple[PhotoSizeScores, list[float]]:
+    """The same split at its photos' sizes (their masks in ``split_dir``), and the Dice each update gave."""
+    at_photo_size = PhotoSizeScores(network, split_dir, threshold)
+    dice = [score for batch in batches_of(truth, logits, network.classes) for score in at_photo_size.update(batch)]
+    return at_photo_size, dice
+
+
 def test_sweep_scores_each_threshold_and_picks_the_best_dice():
     # Truth: the first two pixels. Only a cut-off in (0.58, 0.62] separates them from the rest.
     logits = logits_of([0.9, 0.62, 0.58, 0.1])
     truth = torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 1, -1)
-    rows = {row["threshold"]: row for row in sweep(logits, truth, PERSON)}
+    rows = {row["threshold"]: row for row in sweep(scored(truth, logits, PERSON, SWEEP_THRESHOLDS).counted)}
     assert list(rows) == list(SWEEP_THRESHOLDS)
     assert rows[0.5]["dice"] == pytest.approx(0.8)  # TP 2, FP 1: 4 / 5
     assert rows[0.5]["iou"] == pytest.approx(2 / 3)
@@ -72,14 +113,16 @@ def test_the_chosen_threshold_is_marked_on_its_row_and_a_fixed_one_gets_a_row():
 @pytest.mark.parametrize(("setting", "chosen"), [("auto", 0.6), (0.33, 0.33)])
 def test_choose_threshold_writes_the_sweep_with_the_threshold_it_chose_marked(params, setting, chosen):
     from pipeline.core.config import parse_config
-    from pipeline.evaluate.evaluation import choose_threshold
+    from pipeline.evaluate.evaluation import choose_threshold, counted_thresholds
 
     params["evaluate"]["threshold"] = setting
+    cfg = parse_config(params)
     truth = torch.tensor([1.0, 1, 0, 0]).reshape(1, 1, 1, -1)
-    val = SplitPredictions(
-        "val", ["a"], np.zeros((1, 1, 4, 3), np.uint8), truth, logits_of([0.9, 0.62, 0.58, 0.1]), 0.0, PERSON
-    )
-    threshold, curve, _ = choose_threshold(parse_config(params), val)
+    thresholds = counted_thresholds(cfg, PERSON)
+    val = scored(truth, logits_of([0.9, 0.62, 0.58, 0.1]), PERSON, thresholds, split="val")
+    threshold, curve, _ = choose_threshold(cfg, val)
+    assert [row["threshold"] for row in curve] == list(thresholds)
+    assert thresholds == (SWEEP_THRESHOLDS if setting == "auto" else sweep_thresholds(setting))
     assert threshold == chosen
     assert [row["threshold"] for row in curve if row["chosen"]] == [chosen]
     assert sum(row["chosen"] for row in curve) == 1
@@ -99,9 +142,7 @@ def test_flip_tta_averages_the_mirrored_prediction():
 def test_per_image_rows_hold_the_headline_scores_and_foreground_fraction():
     truth = torch.tensor([[1.0, 1, 0, 0], [0, 0, 0, 0]]).reshape(2, 1, 1, 4)
     logits = torch.cat([logits_of([0.9, 0.2, 0.8, 0.1]), logits_of([0.1, 0.1, 0.1, 0.1])])
-    predictions = SplitPredictions(
-        "test", ["a", "b"], np.zeros((2, 1, 4, 3), np.uint8), truth, logits, loss=0.0, classes=PERSON
-    )
+    predictions = scored(truth, logits, PERSON, (0.5,), ids=["a", "b"])
     rows = predictions.per_image(0.5)
     assert [list(row) for row in rows] == [list(PER_IMAGE_FIELDS)] * 2
     assert [row["id"] for row in rows] == ["a", "b"]
@@ -111,7 +152,6 @@ def test_per_image_rows_hold_the_headline_scores_and_foreground_fraction():
     assert rows[0]["foreground_fraction"] == 0.5
     # Empty and predicted empty: perfect.
     assert rows[1] == {"id": "b", "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "foreground_fraction": 0.0}
-    assert predictions.predicted_masks(0.5)[0, 0].tolist() == [True, False, True, False]
     assert predictions.scores(0.5)["test_dice"] == pytest.approx(0.75)
 
 
@@ -120,14 +160,53 @@ def test_each_headline_score_is_the_mean_of_its_per_image_column_for_a_multiclas
     rng = torch.Generator().manual_seed(0)
     truth = torch.randint(0, 3, (6, 1, 4, 4), generator=rng).float()
     logits = torch.randn(6, 3, 4, 4, generator=rng)
-    predictions = SplitPredictions(
-        "test", list("abcdef"), np.zeros((6, 4, 4, 3), np.uint8), truth, logits, 0.0, classes
-    )
+    predictions = scored(truth, logits, classes, (None,))
     rows, scores = predictions.per_image(None), predictions.scores(None)
     for name in HEADLINE_METRICS:
         assert np.mean([row[name] for row in rows]) == pytest.approx(scores[f"test_{name}"]), name
     # A row is the image's mean over the classes after background, not over all three.
     assert scores["test_dice"] == pytest.approx((scores["test_dice_cat"] + scores["test_dice_dog"]) / 2)
+
+
+@pytest.mark.parametrize("classes", [PERSON, ClassSpec(("background", "cat", "dog"), None)])
+def test_scores_counted_batch_by_batch_are_those_of_the_whole_split_at_once(classes):
+    generator = torch.Generator().manual_seed(1)
+    images = 3 * EVAL_BATCH_SIZE + 3  # a short last batch
+    truth = torch.randint(0, classes.count, (images, 1, 16, 16), generator=generator).float()
+    logits = torch.randn(images, classes.channels, 16, 16, generator=generator)
+    thresholds = SWEEP_THRESHOLDS if classes.binary else (None,)
+    split = scored(truth, logits, classes, thresholds, loss=0.5)
+    assert split.loss == 0.5
+    for threshold in thresholds:
+        whole = SegmentationMetrics(threshold, classes)
+        whole.update(logits, truth)
+        counted = split.metrics(threshold)
+        assert counted.compute() == whole.compute()  # equal, not close: the same counts reduced the same way
+        assert counted.per_image("dice").tolist() == whole.per_image("dice").tolist()
+        assert torch.equal(counted.confusion, whole.confusion)
+
+
+def test_the_gallery_keeps_only_the_images_it_may_pick_and_all_it_picks():
+    rng = np.random.default_rng(0)
+    images = 5 * EVAL_BATCH_SIZE + 1
+    dice = rng.uniform(size=images).round(1).tolist()  # ties, broken by position as pick_cases does
+    photos = rng.integers(0, 256, (images, 4, 4, 3), dtype=np.uint8)
+    truth = torch.from_numpy(rng.integers(0, 2, (images, 1, 4, 4))).float()
+    probabilities = torch.from_numpy(rng.uniform(size=(images, 1, 4, 4))).float()
+    gallery = GalleryCases(images)
+    for start in range(0, images, EVAL_BATCH_SIZE):
+        end = start + EVAL_BATCH_SIZE
+        gallery.offer(
+            Batch(start, photos[start:end], truth[start:end], probabilities[start:end], 0.0), dice[start:end], 0.5
+        )
+        assert len(gallery.kept) <= 2 * CASES_EACH
+    picked = [index for _, index in pick_cases(dice)]
+    assert len(picked) == 2 * CASES_EACH and set(picked) <= set(gallery.kept)
+    for index in picked:
+        case = gallery.kept[index]
+        assert np.array_equal(case.photo, photos[index]) and np.array_equal(case.truth, truth[index, 0].numpy())
+        assert np.array_equal(case.prediction, (probabilities[index, 0] >= 0.5).numpy())
+    render_gallery(gallery.kept, [str(index) for index in range(images)], dice, PERSON)
 
 
 def test_the_headline_holds_each_score_with_its_interval_and_the_details_the_rest():
@@ -186,19 +265,17 @@ def test_test_scores_at_photo_size_are_those_of_the_resized_probabilities_agains
     # 1-px line the squash erased) do not.
     logits = torch.cat([logits_of([0.9, 0.1, 0.9, 0.1]), logits_of([0.1] * 4)]).reshape(2, 1, 2, 2)
     truth = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0]]).reshape(2, 1, 2, 2)
-    predictions = SplitPredictions(
-        "test", ["a", "b"], np.zeros((2, 2, 2, 3), np.uint8), truth, logits, loss=0.25, classes=PERSON
-    )
+    predictions = scored(truth, logits, PERSON, (0.5,), ids=["a", "b"], loss=0.25)
     left_third = np.zeros((2, 6), np.uint8)
     left_third[:, :2] = 1
     line = np.zeros((8, 8), np.uint8)
     line[3] = 1
     for index, mask in enumerate((left_third, line)):
         write_photo_size_mask(tmp_path, "test", index, mask)
-    at_photo_size = PhotoSizePredictions(predictions, tmp_path)
+    at_photo_size, dice = scored_at_photo_size(predictions, tmp_path, logits, truth, 0.5)
     # Linear interpolation from 2 to 6 columns: 0.9, 0.9, 0.633, 0.367, 0.1, 0.1, so columns 0-2 are
     # the person: a: TP 4, FP 2, FN 0 (Dice 0.8, IoU 2/3); b: predicted empty, TP 0, FN 8 (Dice 0).
-    scores = at_photo_size.scores(0.5)
+    scores = at_photo_size.scores()
     assert scores["test_loss"] == 0.25
     assert scores["test_dice"] == pytest.approx((0.8 + 0) / 2)
     assert scores["test_iou"] == pytest.approx((2 / 3 + 0) / 2)
@@ -206,7 +283,7 @@ def test_test_scores_at_photo_size_are_those_of_the_resized_probabilities_agains
     assert scores["test_recall"] == pytest.approx((1 + 0) / 2)
     assert scores["test_dice_pooled"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 8))
     assert predictions.scores_at_input_size(0.5)["test_dice_at_input_size"] == 1.0
-    assert at_photo_size.per_image(0.5) == [
+    assert at_photo_size.per_image() == [
         {
             "id": "a",
             "dice": pytest.approx(0.8),
@@ -217,8 +294,10 @@ def test_test_scores_at_photo_size_are_those_of_the_resized_probabilities_agains
         },
         {"id": "b", "dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "foreground_fraction": 8 / 64},
     ]
-    assert at_photo_size.metrics(0.5).confusion.tolist() == [[6 + 56, 2], [8, 4]]
-    assert at_photo_size.per_image(0.7)[0]["dice"] == 1.0  # column 2's interpolated 0.633 is cut off
+    assert dice == [row["dice"] for row in at_photo_size.per_image()]  # what the gallery picks by
+    assert at_photo_size.metrics.confusion.tolist() == [[6 + 56, 2], [8, 4]]
+    higher, _ = scored_at_photo_size(predictions, tmp_path, logits, truth, 0.7)
+    assert higher.per_image()[0]["dice"] == 1.0  # column 2's interpolated 0.633 is cut off
 
 
 def test_multi_class_scores_at_photo_size_take_the_top_class_of_the_resized_probabilities(tmp_path):
@@ -227,10 +306,10 @@ def test_multi_class_scores_at_photo_size_take_the_top_class_of_the_resized_prob
     logits = torch.zeros(1, 3, 2, 2)
     logits[0, 1, :, 0] = logits[0, 2, :, 1] = 4.0
     truth = torch.tensor([1.0, 2, 1, 2]).reshape(1, 1, 2, 2)
-    predictions = SplitPredictions("test", ["a"], np.zeros((1, 2, 2, 3), np.uint8), truth, logits, 0.0, classes)
+    predictions = scored(truth, logits, classes, (None,))
     full = np.array([[1, 1, 2, 2, 2, 2]] * 2, np.uint8)
     write_photo_size_mask(tmp_path, "test", 0, full)
-    scores = PhotoSizePredictions(predictions, tmp_path).scores(None)
+    scores = scored_at_photo_size(predictions, tmp_path, logits, truth, None)[0].scores()
     # Ellipse: predicted in columns 0-2, true in 0-1 (Dice 8/10); rectangle: 3-5 against 2-5 (Dice 12/14).
     assert scores["test_dice_ellipse"] == pytest.approx(0.8)
     assert scores["test_dice_rectangle"] == pytest.approx(12 / 14)
@@ -247,8 +326,8 @@ def test_val_per_image_rows_are_the_scores_val_dice_deployed_averages(classes):
     truth = torch.randint(0, classes.count, (5, 1, 8, 8), generator=generator).float()
     logits = torch.randn(5, channels, 8, 8, generator=generator)
     ids = ["e", "b", "d", "a", "c"]
-    val = SplitPredictions("val", ids, np.zeros((5, 8, 8, 3), np.uint8), truth, logits, 0.0, classes)
     threshold = 0.4 if classes.binary else None
+    val = scored(truth, logits, classes, (threshold,), ids=ids, split="val")
     score, rows = deployed_validation(val, threshold)
     assert [list(row) for row in rows] == [["id", "dice"]] * 5 and [row["id"] for row in rows] == ids
     assert np.mean([row["dice"] for row in rows]) == pytest.approx(score, abs=1e-6)
@@ -272,7 +351,8 @@ def test_gallery_colours_false_positives_and_negatives_differently():
     truth[:, :, :4] = True  # left half is the person
     prediction = np.zeros((2, 8, 8), bool)
     prediction[:, :4, :] = True  # top half predicted
-    gallery = render_gallery(images, truth, prediction, ["x", "y"], [0.2, 0.8], PERSON)
+    cases = {index: Case(images[index], truth[index], prediction[index]) for index in range(2)}
+    gallery = render_gallery(cases, ["x", "y"], [0.2, 0.8], PERSON)
     assert gallery.shape[1] == 3 * PANEL + 4 * 6
     row_top = gallery.shape[0] - PANEL - 6  # the last row's panels
     third = 6 + 2 * (PANEL + 6)
@@ -294,7 +374,8 @@ def test_gallery_colours_false_positives_and_negatives_differently():
 def test_every_legend_swatch_stands_out_from_the_legend_background(classes):
     images = np.full((2, 8, 8, 3), 200, np.uint8)
     masks = np.zeros((2, 8, 8), int)
-    gallery = render_gallery(images, masks, masks, ["x", "y"], [0.2, 0.8], classes)
+    cases = {index: Case(images[index], masks[index], masks[index]) for index in range(2)}
+    gallery = render_gallery(cases, ["x", "y"], [0.2, 0.8], classes)
     swatches = legend_swatches(classes)
     assert {label for _, label, _ in swatches} >= {"correct", "false positive", "false negative"}
     # White ("correct") on the white background would vanish: each colour sits in a dark frame.

@@ -14,7 +14,7 @@ import torch
 from pipeline.core.classes import ClassSpec
 from pipeline.core.errors import ModelError
 from pipeline.evaluate import export
-from pipeline.evaluate.predictions import SplitPredictions
+from pipeline.evaluate.predictions import EVAL_BATCH_SIZE, Batch
 from pipeline.model.checkpoint import load_model
 from pipeline.serve.onnx_backend import OnnxSegmenter
 from pipeline.serve.settings import InferenceSettings, ModelDescription, read_description
@@ -23,14 +23,23 @@ from tests.helpers.modelstore import tiny_checkpoint
 THREE = ClassSpec.of(["background", "ellipse", "ring"], [[0, 0, 0], [255, 0, 0], [0, 0, 255]])
 
 
-def _test_split(model, classes: ClassSpec, tta: bool, count: int = 5, size: int = 64) -> SplitPredictions:
-    """What evaluate hands the export: test photos and PyTorch fp32 logits for them."""
+def _test_split(model, classes: ClassSpec, tta: bool, count: int = 11, size: int = 64) -> list[Batch]:
+    """What evaluate feeds the export check: batches of test photos and PyTorch fp32 probabilities for them."""
     images = np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         probabilities = export.ExportedNetwork(model, classes, tta)(torch.from_numpy(images))
-    logits = probabilities.logit() if classes.binary else probabilities.log()
     masks = torch.zeros(count, 1, size, size)
-    return SplitPredictions("test", [str(i) for i in range(count)], images, masks, logits, 0.0, classes)
+    return [
+        Batch(start, images[start:end], masks[start:end], probabilities[start:end], 0.0)
+        for start, end in ((start, start + EVAL_BATCH_SIZE) for start in range(0, count, EVAL_BATCH_SIZE))
+    ]
+
+
+def _verified(model, path, settings: InferenceSettings, classes: ClassSpec, test: list[Batch]) -> export.ExportCheck:
+    with export.verified_export(model, path, settings, classes, 32) as comparison:
+        for batch in test:
+            comparison.update(batch)
+    return comparison.check()
 
 
 @pytest.mark.parametrize(("classes", "tta"), [(ClassSpec.of(["background", "person"], None), True), (THREE, False)])
@@ -38,9 +47,9 @@ def test_export_runs_any_batch_and_size_and_agrees_with_pytorch(tmp_path, classe
     model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt", classes=classes))
     threshold = 0.5 if classes.binary else None
     settings = InferenceSettings(threshold, tta, "ab" * 32)
-    check = export.export_verified(model, tmp_path / "model.onnx", settings, _test_split(model, classes, tta), 32)
+    check = _verified(model, tmp_path / "model.onnx", settings, classes, _test_split(model, classes, tta))
     assert check.mask_agreement >= 0.999 and check.max_abs_probability_diff < 1e-4
-    assert (check.images, check.pixels) == (5, 5 * 64 * 64)
+    assert (check.images, check.pixels) == (11, 11 * 64 * 64)  # two batches, every image
 
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     meta = {key: json.loads(value) for key, value in session.get_modelmeta().custom_metadata_map.items()}
@@ -59,11 +68,20 @@ def test_export_runs_any_batch_and_size_and_agrees_with_pytorch(tmp_path, classe
             assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)  # softmax inside the graph
 
 
+def test_the_export_is_checked_on_the_first_images_of_a_larger_test_split(tmp_path):
+    classes = ClassSpec.of(["background", "person"], None)
+    model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt", classes=classes))
+    count = export.EXPORT_CHECK_IMAGES + 2 * EVAL_BATCH_SIZE + 3
+    test = _test_split(model, classes, False, count=count, size=32)
+    check = _verified(model, tmp_path / "model.onnx", InferenceSettings(0.5, False, "ab" * 32), classes, test)
+    assert (check.images, check.pixels) == (export.EXPORT_CHECK_IMAGES, export.EXPORT_CHECK_IMAGES * 32 * 32)
+
+
 def test_a_tampered_graph_is_measured_and_refused(tmp_path, monkeypatch):
     classes = ClassSpec.of(["background", "person"], None)
     model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt"))
     test = _test_split(model, classes, tta=False)
-    reference = test.logits.sigmoid()
+    reference = torch.cat([batch.probabilities for batch in test])
     threshold = float(reference.median())  # about half the pixels are foreground
     settings = InferenceSettings(threshold, False, "")
     graph = export.onnx_graph(model, classes, settings, 32)
@@ -72,13 +90,16 @@ def test_a_tampered_graph_is_measured_and_refused(tmp_path, monkeypatch):
     bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1000, bias.name))
     onnx.save(graph, tmp_path / "tampered.onnx")
 
-    check = export.compare(tmp_path / "tampered.onnx", test, threshold)
+    comparison = export.ExportComparison(tmp_path / "tampered.onnx", threshold)
+    for batch in test:
+        comparison.update(batch)
+    check = comparison.check()
     assert check.mask_agreement == pytest.approx(float((reference >= threshold).float().mean()))
     assert check.max_abs_probability_diff == pytest.approx(float(1 - reference.min()), abs=1e-6)
 
     monkeypatch.setattr(export, "onnx_graph", lambda *args: graph)
-    with pytest.raises(ModelError, match=r"disagrees with PyTorch fp32: mask agreement \d+\.\d+% of 20480") as caught:
-        export.export_verified(model, tmp_path / "model.onnx", settings, test, 32)
+    with pytest.raises(ModelError, match=r"disagrees with PyTorch fp32: mask agreement \d+\.\d+% of 45056") as caught:
+        _verified(model, tmp_path / "model.onnx", settings, classes, test)
     assert "was not written" in str(caught.value)
     assert not (tmp_path / "model.onnx").exists()
 

@@ -45,6 +45,17 @@ def test_metric_values_and_both_reductions():
     assert metrics.per_image("dice").tolist() == pytest.approx([0.5, 1.0])
 
 
+def test_the_latest_updates_scores_are_the_tail_of_every_images_scores():
+    metrics = SegmentationMetrics(0.5, PERSON)
+    with pytest.raises(ValueError, match="no batches were scored"):
+        metrics.latest_per_image()
+    metrics.update(logits_from([[1, 0], [1, 0]]), torch.tensor([[1.0, 1], [0, 0]])[None, None])
+    assert metrics.latest_per_image("dice").tolist() == [0.5]
+    truth = torch.tensor([[[[1.0, 1], [1, 1]]], [[[0, 0], [0, 1]]]])
+    metrics.update(torch.cat([logits_from([[1, 1], [1, 1]]), logits_from([[0, 0], [0, 0]])]), truth)
+    assert metrics.latest_per_image("iou").tolist() == metrics.per_image("iou")[1:].tolist() == [1.0, 0.0]
+
+
 def test_empty_truth_predicted_empty_counts_as_perfect():
     metrics = SegmentationMetrics(0.5, PERSON)
     metrics.update(logits_from([[0, 0], [0, 0]]), torch.zeros(1, 1, 2, 2))

@@ -7,25 +7,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..core import paths
+from ..core.classes import ClassSpec
 from ..core.config import Config
 from ..core.files import sha256_file, write_csv, write_json, write_png, write_text
 from ..core.splits import SplitInfo
 from ..serve.settings import InferenceSettings
 from .card import render_card
 from .confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
-from .export import ExportCheck, export_verified
-from .gallery import CASES_EACH, render_gallery
+from .export import ExportCheck, verified_export
+from .gallery import CASES_EACH, GalleryCases, render_gallery
 from .predictions import (
     HEADLINE_METRICS,
     PER_IMAGE_FIELDS,
-    PhotoSizePredictions,
-    SplitPredictions,
+    PhotoSizeScores,
+    SplitScores,
     headline_interval,
     interval_bounds,
     interval_names,
     load_for_evaluation,
-    predict_split,
+    predict_batches,
+    score_split,
 )
 from .thresholds import SWEEP_FILE_FIELDS, best_threshold, mark_chosen, sweep, sweep_thresholds
 
@@ -78,31 +83,70 @@ def headline_and_details(scores: dict[str, float], bounds: dict[str, float]) -> 
     return headline, details
 
 
-def choose_threshold(cfg: Config, val: SplitPredictions) -> tuple[float | None, list[dict[str, float]], str]:
+def counted_thresholds(cfg: Config, classes: ClassSpec) -> tuple[float | None, ...]:
+    """The cut-offs the validation split is counted at: the sweep's, with a fixed
+    evaluate.threshold among them (the curve is drawn for it too, with a row for it: it shows
+    what that choice costs on val). Multi-class models take the top class: None alone."""
+    if not classes.binary:
+        return (None,)
+    return sweep_thresholds(None if cfg.evaluate.threshold == "auto" else cfg.evaluate.threshold)
+
+
+def choose_threshold(cfg: Config, val: SplitScores) -> tuple[float | None, list[dict[str, float]], str]:
     """The binary cut-off, the validation sweep behind it (its row marked ``chosen``), and where
     it came from. Multi-class models take the top class: no threshold, an empty sweep, and
-    evaluate.threshold does not apply."""
+    evaluate.threshold does not apply. ``val`` was counted at ``counted_thresholds``."""
     if not val.classes.binary:
         return None, [], "each pixel takes its most probable class"
-    # The curve is drawn for a fixed threshold too (with a row for it): it shows what that choice costs on val.
+    curve = sweep(val.counted)
     if cfg.evaluate.threshold == "auto":
-        curve = sweep(val.logits, val.masks, val.classes)
         threshold, source = best_threshold(curve), "maximises mean Dice on the validation split"
     else:
         threshold, source = cfg.evaluate.threshold, "fixed by evaluate.threshold"
-        curve = sweep(val.logits, val.masks, val.classes, sweep_thresholds(threshold))
     return threshold, mark_chosen(curve, threshold), source
 
 
-def deployed_validation(val: SplitPredictions, threshold: float | None) -> tuple[float, list[dict[str, object]]]:
+def deployed_validation(val: SplitScores, threshold: float | None) -> tuple[float, list[dict[str, object]]]:
     """``val_dice_deployed`` and the per-image Dice it is the mean of (metrics/val_per_image.csv's
     rows), at ``threshold`` and with the TTA ``val`` was predicted with."""
-    metrics = val.metrics(threshold)  # counted once, for the rows and their mean
+    metrics = val.metrics(threshold)
     rows = [
         dict(zip(paths.VAL_PER_IMAGE_FIELDS, (id_, dice), strict=True))
         for id_, dice in zip(val.ids, metrics.per_image("dice").tolist(), strict=True)
     ]
     return metrics.compute()["dice"], rows
+
+
+@dataclass
+class TestScores:
+    """Everything evaluate reports of the test split, counted in its one pass."""
+
+    at_input_size: SplitScores
+    at_photo_size: PhotoSizeScores
+    gallery: GalleryCases
+    export: ExportCheck
+
+
+def score_test(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    device: torch.device,
+    settings: InferenceSettings,
+    split_info: SplitInfo,
+) -> TestScores:
+    """The test split scored at ``settings.threshold`` with its TTA, at the network's input size
+    and at each photo's, the gallery's candidates kept, and the ONNX export verified against it."""
+    ids = split_info.ids["test"]
+    test = SplitScores("test", ids, split_info.classes, (settings.threshold,))
+    at_photo_size = PhotoSizeScores(test, paths.SPLIT_DIR, settings.threshold)
+    gallery = GalleryCases(len(ids))
+    # A model whose export disagrees with PyTorch writes nothing, so nothing is registered.
+    with verified_export(model, paths.ONNX_MODEL, settings, split_info.classes, split_info.image_size) as export:
+        for batch in predict_batches(model, loss_fn, paths.SPLIT_DIR, "test", device, settings.tta):
+            test.update(batch)
+            gallery.offer(batch, at_photo_size.update(batch), settings.threshold)
+            export.update(batch)
+    return TestScores(test, at_photo_size, gallery, export.check())
 
 
 def evaluate_checkpoint(
@@ -114,32 +158,29 @@ def evaluate_checkpoint(
     data and initial weights, for the card."""
     split_info = SplitInfo.read(paths.SPLIT_DIR)
     model, loss_fn, device = load_for_evaluation(paths.BEST_CHECKPOINT)
-    val = predict_split(model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta)
+    classes = split_info.classes
+    val = score_split(
+        model, loss_fn, paths.SPLIT_DIR, "val", device, cfg.evaluate.tta, counted_thresholds(cfg, classes)
+    )
     threshold, curve, threshold_source = choose_threshold(cfg, val)
-    test = predict_split(model, loss_fn, paths.SPLIT_DIR, "test", device, cfg.evaluate.tta)
+    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
+    test = score_test(model, loss_fn, device, settings, split_info)
     # The headline scores are those of the masks predict delivers, at each photo's own size.
-    test_at_photo_size = PhotoSizePredictions(test, paths.SPLIT_DIR)
-    per_image = test_at_photo_size.per_image(threshold)
-    scores = {**test_at_photo_size.scores(threshold), **test.scores_at_input_size(threshold)}
-    metrics, details = headline_and_details(scores, interval_bounds(test.split, per_image))
-    if test.classes.binary:
+    per_image = test.at_photo_size.per_image()
+    scores = {**test.at_photo_size.scores(), **test.at_input_size.scores_at_input_size(threshold)}
+    metrics, details = headline_and_details(scores, interval_bounds("test", per_image))
+    if classes.binary:
         metrics["threshold"] = threshold
     metrics[paths.VAL_DICE_DEPLOYED], val_per_image = deployed_validation(val, threshold)
-    settings = InferenceSettings(threshold, cfg.evaluate.tta, sha256_file(paths.BEST_CHECKPOINT))
-    # First: a model whose export disagrees with PyTorch writes nothing, so nothing is registered.
-    export = export_verified(model, paths.ONNX_MODEL, settings, test, split_info.image_size)
 
     write_csv(paths.THRESHOLD_SWEEP, curve, SWEEP_FILE_FIELDS)
     write_csv(paths.TEST_PER_IMAGE, per_image, PER_IMAGE_FIELDS)
     write_csv(paths.VAL_PER_IMAGE, val_per_image, paths.VAL_PER_IMAGE_FIELDS)
-    confusion = test_at_photo_size.metrics(threshold).confusion
-    write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, test.classes), CONFUSION_FIELDS)
-    write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, test.classes))
+    confusion = test.at_photo_size.metrics.confusion
+    write_csv(paths.CONFUSION_TABLE, confusion_rows(confusion, classes), CONFUSION_FIELDS)
+    write_png(paths.CONFUSION_IMAGE, render_confusion(confusion, classes))
     dice = [row["dice"] for row in per_image]
-    predicted = test.predicted_masks(threshold)
-    write_png(
-        paths.GALLERY, render_gallery(test.images, test.masks[:, 0].numpy(), predicted, test.ids, dice, test.classes)
-    )
+    write_png(paths.GALLERY, render_gallery(test.gallery.kept, split_info.ids["test"], dice, classes))
     card = render_card(
         run_id=run_id,
         data_source=data_source,
@@ -150,10 +191,10 @@ def evaluate_checkpoint(
         val_dice=metrics[paths.VAL_DICE_DEPLOYED],
         threshold_source=threshold_source,
         worst=sorted(per_image, key=lambda row: row["dice"])[:CASES_EACH],
-        classes=test.classes,
+        classes=classes,
     )
     write_text(paths.MODEL_CARD, card)
     write_json(paths.EVALUATE_METRICS, metrics)
     write_json(paths.EVALUATE_DETAILS, details)
-    write_json(paths.EXPORT_CHECK, export.to_dict())
-    return Evaluation(metrics, details, export)
+    write_json(paths.EXPORT_CHECK, test.export.to_dict())
+    return Evaluation(metrics, details, test.export)

@@ -8,13 +8,15 @@ metadata carries what else a client needs (see ``pipeline/serve/onnx_backend.py`
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -26,7 +28,7 @@ from ..model.inputs import eval_transform
 from ..model.outputs import class_probabilities, predict_logits, predicted_classes
 from ..serve.onnx_backend import INPUT_CONTRACT, INPUT_NAME, OUTPUT_CONTRACT, OUTPUT_NAME, OnnxSegmenter
 from ..serve.settings import InferenceSettings, ModelDescription
-from .predictions import EVAL_BATCH_SIZE, SplitPredictions
+from .predictions import Batch
 
 # 17 runs on every current onnxruntime (also the web and mobile builds) and TensorRT 8.6+.
 OPSET = 17
@@ -91,7 +93,8 @@ def metadata(settings: InferenceSettings, classes: ClassSpec, image_size: int) -
 
 
 def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings, image_size: int) -> onnx.ModelProto:
-    network = ExportedNetwork(model.cpu().eval(), classes, settings.tta).eval()
+    # Traced on the CPU, from a copy: the model itself stays on its device, scoring the test split.
+    network = ExportedNetwork(copy.deepcopy(model).cpu().eval(), classes, settings.tta).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The tracer's notes on smp's input-size checks, which run once at trace time, and the
@@ -117,32 +120,50 @@ def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings
     return graph
 
 
-def compare(path: Path, test: SplitPredictions, threshold: float | None) -> ExportCheck:
-    """Run the file with onnxruntime on the test photos; compare with the PyTorch fp32 probabilities."""
-    segmenter = OnnxSegmenter.load(path, device="cpu")
-    reference = class_probabilities(test.logits, test.classes)
-    worst, equal = 0.0, 0
-    for start in range(0, len(test.images), EVAL_BATCH_SIZE):
-        batch = np.ascontiguousarray(test.images[start : start + EVAL_BATCH_SIZE])
-        got = torch.from_numpy(segmenter.network_probabilities(batch))
-        want = reference[start : start + EVAL_BATCH_SIZE]
-        worst = max(worst, float((got - want).abs().max()))
-        equal += int((predicted_classes(got, threshold) == predicted_classes(want, threshold)).sum())
-    pixels = reference.shape[0] * reference.shape[2] * reference.shape[3]
-    return ExportCheck(worst, equal / pixels, len(test.images), pixels)
+# How many test images the export is checked on, whole batches from the first: a check of the
+# exporter, whose faults show on any image, not a score. The bound keeps evaluate's memory flat
+# however large the test split: running onnxruntime between PyTorch's batches fragments the C
+# heap, which grows with every batch checked (docs/performance.md, "Evaluate's memory").
+EXPORT_CHECK_IMAGES = 32
 
 
-def export_verified(
-    model: nn.Module, path: Path, settings: InferenceSettings, test: SplitPredictions, image_size: int
-) -> ExportCheck:
-    """Write ``path`` only if onnxruntime agrees with PyTorch on the test split; else raise, with the numbers."""
-    graph = onnx_graph(model, test.classes, settings, image_size)
+class ExportComparison:
+    """onnxruntime against PyTorch fp32, batch by batch: the file at ``path`` is run on the
+    photos of each batch until EXPORT_CHECK_IMAGES were, and compared with the probabilities
+    PyTorch gave for them."""
+
+    def __init__(self, path: Path, threshold: float | None):
+        self.segmenter, self.threshold = OnnxSegmenter.load(path, device="cpu"), threshold
+        self.worst, self.equal, self.images, self.pixels = 0.0, 0, 0, 0
+
+    def update(self, batch: Batch) -> None:
+        if self.images >= EXPORT_CHECK_IMAGES:
+            return
+        got = torch.from_numpy(self.segmenter.network_probabilities(batch.photos))
+        want = batch.probabilities
+        self.worst = max(self.worst, float((got - want).abs().max()))
+        self.equal += int((predicted_classes(got, self.threshold) == predicted_classes(want, self.threshold)).sum())
+        self.images += want.shape[0]
+        self.pixels += want.shape[0] * want.shape[2] * want.shape[3]
+
+    def check(self) -> ExportCheck:
+        return ExportCheck(self.worst, self.equal / self.pixels, self.images, self.pixels)
+
+
+@contextmanager
+def verified_export(
+    model: nn.Module, path: Path, settings: InferenceSettings, classes: ClassSpec, image_size: int
+) -> Iterator[ExportComparison]:
+    """Export ``model`` to ``path``; the block feeds the comparison the test split's batches, and
+    ``path`` is written only if onnxruntime agreed with PyTorch on them; else this raises, with the numbers."""
+    graph = onnx_graph(model, classes, settings, image_size)
     with atomic_path(path) as tmp:
         onnx.save(graph, tmp)
-        check = compare(tmp, test, settings.threshold)
+        comparison = ExportComparison(tmp, settings.threshold)
+        yield comparison
+        check = comparison.check()
         if check.mask_agreement < MIN_MASK_AGREEMENT:
             raise ModelError(
                 f"the ONNX export disagrees with PyTorch fp32: {check.summary()} "
                 f"(at least {MIN_MASK_AGREEMENT:.1%} must agree); {path} was not written and nothing was registered"
             )
-    return check

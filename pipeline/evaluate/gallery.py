@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
 from ..core.classes import ClassSpec
+from ..model.outputs import predicted_classes
 from ..serve.palette import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE, TRUTH, overlay_colours
+from .predictions import Batch
 
 CASES_EACH = 4  # worst and best
 PANEL = 256  # display side of each panel; tiny training sizes are scaled up to stay legible
@@ -20,15 +25,57 @@ SWATCH, SWATCH_BORDER, SWATCH_TOP = 16, 2, 7  # outer side, frame width, top edg
 SWATCH_FRAME = (40, 40, 40)
 
 
+def _cases_each(images: int, count: int) -> int:
+    """How many worst and how many best of ``images`` the gallery shows: all of them when too few to split."""
+    return min(count, images // 2) or images
+
+
 def pick_cases(dice: list[float], count: int = CASES_EACH) -> list[tuple[str, int]]:
     """(label, index) of the ``count`` lowest then the ``count`` highest Dice scores, no image twice."""
     order = sorted(range(len(dice)), key=lambda index: (dice[index], index))
-    count = min(count, len(order) // 2) or len(order)
+    count = _cases_each(len(order), count)
     worst = order[:count]
     best = [index for index in reversed(order[-count:]) if index not in worst]
     return [(f"worst {rank}", index) for rank, index in enumerate(worst, 1)] + [
         (f"best {rank}", index) for rank, index in enumerate(best, 1)
     ]
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the gallery draws of one image: the photo and the truth and predicted class ids (S x S)."""
+
+    photo: np.ndarray
+    truth: np.ndarray
+    prediction: np.ndarray
+
+
+class GalleryCases:
+    """The images ``pick_cases`` can choose among a split's ``images``, kept while the split is
+    scored: those among the lowest and the highest Dice so far. An image pushed out of both never
+    comes back, so the split's picks are among those kept, and only a few images are ever held."""
+
+    def __init__(self, images: int, count: int = CASES_EACH):
+        self.count = _cases_each(images, count)
+        self.kept: dict[int, Case] = {}
+        self._dice: dict[int, float] = {}
+
+    def offer(self, batch: Batch, dice: list[float], threshold: float | None) -> None:
+        """Keep those of ``batch``'s images (with their ``dice``) that may be picked, and drop
+        those that no longer can."""
+        for offset, score in enumerate(dice):
+            self._dice[batch.start + offset] = score
+        order = sorted(self._dice, key=lambda index: (self._dice[index], index))
+        wanted = {*order[: self.count], *order[-self.count :]}
+        self._dice = {index: self._dice[index] for index in wanted}
+        self.kept = {index: case for index, case in self.kept.items() if index in wanted}
+        for offset in range(len(dice)):
+            index = batch.start + offset
+            if index in wanted:
+                prediction = predicted_classes(batch.probabilities[offset : offset + 1], threshold)[0]
+                self.kept[index] = Case(
+                    np.array(batch.photos[offset]), batch.masks[offset, 0].numpy().copy(), prediction.numpy()
+                )
 
 
 def _tint(image: np.ndarray, where: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
@@ -89,23 +136,18 @@ def _legend(width: int, classes: ClassSpec) -> np.ndarray:
     return strip
 
 
-def render_gallery(
-    images: np.ndarray,
-    truths: np.ndarray,
-    predictions: np.ndarray,
-    ids: list[str],
-    dice: list[float],
-    classes: ClassSpec,
-) -> np.ndarray:
+def render_gallery(cases: Mapping[int, Case], ids: list[str], dice: list[float], classes: ClassSpec) -> np.ndarray:
     """An RGB image: a legend, then one row per picked case of photo | truth | prediction.
-    ``truths`` and ``predictions`` hold class ids (or booleans for binary)."""
+    ``cases`` holds at least the images ``pick_cases(dice)`` picks, by their position among ``ids``;
+    their truths and predictions are class ids (or booleans for binary)."""
     width = 3 * PANEL + 4 * GAP
     rows = [_legend(width, classes)]
     for label, index in pick_cases(dice):
         row = np.full((CAPTION + PANEL + GAP, width, 3), BACKGROUND, np.uint8)
         _text(row, f"{label}: {ids[index]}   Dice {dice[index]:.3f}   (photo | truth | prediction)", GAP, 18)
+        case = cases[index]
         for column, panel in enumerate(
-            _panels(images[index], truths[index].astype(int), predictions[index].astype(int), classes)
+            _panels(case.photo, case.truth.astype(int), case.prediction.astype(int), classes)
         ):
             left = GAP + column * (PANEL + GAP)
             row[CAPTION : CAPTION + PANEL, left : left + PANEL] = panel

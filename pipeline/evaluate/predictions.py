@@ -1,9 +1,12 @@
-"""Score a checkpoint on a held-out split: one forward pass, then metrics at any threshold, at the
-network's input size (``SplitPredictions``) or at each photo's own size (``PhotoSizePredictions``)."""
+"""Score a checkpoint on a held-out split in one forward pass, batch by batch (``predict_batches``):
+each batch is counted and dropped, at the network's input size for every threshold asked for up
+front (``SplitScores``) and at each photo's own size (``PhotoSizeScores``), so memory does not
+grow with the split's images, only its per-image counts do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +48,7 @@ def headline_interval(metrics: dict[str, float], name: str, images: int) -> Inte
 
 def interval_bounds(split: str, per_image: list[dict[str, object]]) -> dict[str, float]:
     """The bounds of each HEADLINE_METRICS score's bootstrap interval over the rows
-    ``SplitPredictions.per_image`` gave for ``split``, named as interval_names gives them."""
+    ``PhotoSizeScores.per_image`` gave for ``split``, named as interval_names gives them."""
     bounds: dict[str, float] = {}
     for name in HEADLINE_METRICS:
         interval = bootstrap_mean([float(row[name]) for row in per_image])
@@ -69,23 +72,56 @@ def per_image_rows(ids: list[str], metrics: SegmentationMetrics) -> list[dict[st
     ]
 
 
-@dataclass
-class SplitPredictions:
-    """The network's logits for every image of a split, kept so any threshold can be scored."""
+@dataclass(frozen=True)
+class Batch:
+    """One batch of a split as the network saw it; scorers count it, then it is dropped."""
 
-    split: str
-    ids: list[str]
-    images: np.ndarray  # (N, S, S, 3) uint8, for the gallery
-    masks: torch.Tensor  # (N, 1, S, S) float class ids (0/1 for binary)
-    logits: torch.Tensor  # (N, 1, S, S) for binary, (N, C, S, S) for C classes
-    loss: float  # mean training loss per image (the loss the checkpoint was trained with)
-    classes: ClassSpec
+    start: int  # the position of its first image in the split
+    photos: np.ndarray  # (B, S, S, 3) uint8, as the split holds them
+    masks: torch.Tensor  # (B, 1, S, S) float class ids (0/1 for binary)
+    probabilities: torch.Tensor  # class_probabilities of the network's logits (B, 1 or C, S, S)
+    loss: float  # the training loss on this batch (its Dice term is taken per batch, as in training)
 
-    # ``threshold`` cuts binary probabilities; multi-class models take the top class and it is None.
+
+@torch.no_grad()
+def predict_batches(
+    model: nn.Module, loss_fn: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool
+) -> Iterator[Batch]:
+    images, masks = load_split(split_dir, split)
+    loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
+    classes = SplitInfo.read(split_dir).classes
+    model.eval()
+    start = 0
+    for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
+        logits = predict_logits(model, batch.to(device), tta).float().cpu()
+        photos = np.ascontiguousarray(images[start : start + len(batch)])
+        yield Batch(start, photos, truth, class_probabilities(logits, classes), loss_fn(logits, truth).item())
+        start += len(batch)
+
+
+class SplitScores:
+    """A split's loss and its counts at the network's input size at each of ``thresholds``
+    (binary cut-offs; None for a multi-class model's top class), added up batch by batch."""
+
+    def __init__(self, split: str, ids: list[str], classes: ClassSpec, thresholds: tuple[float | None, ...]):
+        self.split, self.ids, self.classes = split, ids, classes
+        self.counted = {threshold: SegmentationMetrics(threshold, classes) for threshold in thresholds}
+        self._loss_total, self._images = 0.0, 0
+
+    def update(self, batch: Batch) -> None:
+        self._loss_total += batch.loss * len(batch.masks)
+        self._images += len(batch.masks)
+        for threshold, metrics in self.counted.items():
+            metrics.update_classes(predicted_classes(batch.probabilities, threshold), batch.masks[:, 0])
+
+    @property
+    def loss(self) -> float:
+        """The mean training loss per image (the loss the checkpoint was trained with)."""
+        return self._loss_total / self._images
+
     def metrics(self, threshold: float | None) -> SegmentationMetrics:
-        metrics = SegmentationMetrics(threshold, self.classes)
-        metrics.update(self.logits, self.masks)
-        return metrics
+        """The counts at ``threshold``, one of those given when scoring began."""
+        return self.counted[threshold]
 
     def scores(self, threshold: float | None) -> dict[str, float]:
         """Loss and metrics, named ``<split>_<metric>`` as in metrics/evaluate.json and MLflow."""
@@ -99,67 +135,52 @@ class SplitPredictions:
     def per_image(self, threshold: float | None) -> list[dict[str, object]]:
         return per_image_rows(self.ids, self.metrics(threshold))
 
-    def predicted_masks(self, threshold: float | None) -> np.ndarray:
-        """(N, S, S) class ids, as SegmentationMetrics derives them."""
-        return predicted_classes(class_probabilities(self.logits, self.classes), threshold).numpy()
 
-
-@dataclass(frozen=True)
-class PhotoSizePredictions:
+class PhotoSizeScores:
     """A split's predictions as ``predict`` delivers them: the network's probabilities resized to
-    each photo's own size and cut there, scored against the repaired mask at that size (the split
-    stage's photo-size masks). One image at a time, so memory does not grow with the photos."""
+    each photo's own size and cut there at ``threshold``, scored against the repaired mask at that
+    size (the split stage's photo-size masks, read one at a time as the batches come)."""
 
-    predictions: SplitPredictions
-    split_dir: Path
-    # Scoring reads every mask and resizes every prediction: done once per threshold, not once
-    # for the scores, again for the per-image rows and again for the confusion matrix.
-    _scored: dict[float | None, SegmentationMetrics] = field(default_factory=dict, init=False, repr=False)
+    def __init__(self, network: SplitScores, split_dir: Path, threshold: float | None):
+        self.network = network  # the same split at the network's input size, for the loss
+        self.metrics = SegmentationMetrics(threshold, network.classes)
+        self._masks = read_photo_size_masks(split_dir, network.split, len(network.ids))
 
-    def metrics(self, threshold: float | None) -> SegmentationMetrics:
-        """The counts at ``threshold`` (shared between calls: read them, do not update them)."""
-        if threshold not in self._scored:
-            self._scored[threshold] = self._score(threshold)
-        return self._scored[threshold]
+    def update(self, batch: Batch) -> list[float]:
+        """Count the batch's images; their Dice at their photos' sizes, in order."""
+        dice = []
+        for probabilities in batch.probabilities:
+            mask = next(self._masks)
+            predicted = class_map(at_photo_size(probabilities.numpy(), mask.shape), self.metrics.threshold)
+            self.metrics.update_classes(torch.from_numpy(predicted)[None], torch.from_numpy(mask)[None])
+            dice.extend(self.metrics.latest_per_image("dice").tolist())
+        return dice
 
-    def _score(self, threshold: float | None) -> SegmentationMetrics:
-        predictions = self.predictions
-        metrics = SegmentationMetrics(threshold, predictions.classes)
-        masks = read_photo_size_masks(self.split_dir, predictions.split, len(predictions.ids))
-        for logits, mask in zip(predictions.logits, masks, strict=True):
-            probabilities = class_probabilities(logits[None], predictions.classes)[0].numpy()
-            predicted = class_map(at_photo_size(probabilities, mask.shape), threshold)
-            metrics.update_classes(torch.from_numpy(predicted)[None], torch.from_numpy(mask)[None])
-        return metrics
-
-    def scores(self, threshold: float | None) -> dict[str, float]:
+    def scores(self) -> dict[str, float]:
         """The loss (the network's, at its input size) and the metrics at each photo's size, named
         ``<split>_<metric>``: the headline scores."""
-        split = self.predictions.split
-        return {f"{split}_loss": self.predictions.loss, **named_scores(split, self.metrics(threshold))}
+        split = self.network.split
+        return {f"{split}_loss": self.network.loss, **named_scores(split, self.metrics)}
 
-    def per_image(self, threshold: float | None) -> list[dict[str, object]]:
-        return per_image_rows(self.predictions.ids, self.metrics(threshold))
+    def per_image(self) -> list[dict[str, object]]:
+        return per_image_rows(self.network.ids, self.metrics)
 
 
-@torch.no_grad()
-def predict_split(
-    model: nn.Module, loss_fn: nn.Module, split_dir: Path, split: str, device: torch.device, tta: bool
-) -> SplitPredictions:
-    images, masks = load_split(split_dir, split)
-    loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
+def score_split(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    split_dir: Path,
+    split: str,
+    device: torch.device,
+    tta: bool,
+    thresholds: tuple[float | None, ...],
+) -> SplitScores:
+    """``split`` scored at the network's input size at each of ``thresholds``."""
     info = SplitInfo.read(split_dir)
-    classes = info.classes
-    model.eval()
-    logits, truths, total = [], [], 0.0
-    for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
-        output = predict_logits(model, batch.to(device), tta).float().cpu()
-        total += loss_fn(output, truth).item() * len(batch)
-        logits.append(output)
-        truths.append(truth)
-    return SplitPredictions(
-        split, info.ids[split], np.asarray(images), torch.cat(truths), torch.cat(logits), total / len(images), classes
-    )
+    scores = SplitScores(split, info.ids[split], info.classes, thresholds)
+    for batch in predict_batches(model, loss_fn, split_dir, split, device, tta):
+        scores.update(batch)
+    return scores
 
 
 def load_for_evaluation(checkpoint: Path) -> tuple[nn.Module, nn.Module, torch.device]:
@@ -174,4 +195,4 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Loss and metrics of ``checkpoint`` on ``split`` at ``threshold``, prefixed with the split's name."""
     model, loss_fn, device = load_for_evaluation(checkpoint)
-    return predict_split(model, loss_fn, split_dir, split, device, tta).scores(threshold)
+    return score_split(model, loss_fn, split_dir, split, device, tta, (threshold,)).scores(threshold)

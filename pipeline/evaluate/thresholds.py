@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
 
-from ..core.classes import ClassSpec
 from ..model.metrics import SegmentationMetrics
 
 # 0.05, 0.10, ..., 0.95: finer steps move Dice by less than its spread across images.
@@ -15,15 +14,11 @@ SWEEP_FIELDS = ("threshold", "dice", "iou", "precision", "recall")
 SWEEP_FILE_FIELDS = (*SWEEP_FIELDS, "chosen")
 
 
-def sweep(
-    logits: torch.Tensor, masks: torch.Tensor, classes: ClassSpec, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS
-) -> list[dict[str, float]]:
-    """Mean per-image Dice, IoU, precision and recall of a binary model at each threshold (the reduction of the
-    headline test metrics)."""
+def sweep(counted: Mapping[float, SegmentationMetrics]) -> list[dict[str, float]]:
+    """Mean per-image Dice, IoU, precision and recall of a binary model at each threshold it was
+    counted at, in their order (the reduction of the headline test metrics)."""
     rows = []
-    for threshold in thresholds:
-        metrics = SegmentationMetrics(threshold, classes)
-        metrics.update(logits, masks)
+    for threshold, metrics in counted.items():
         scores = metrics.compute()
         rows.append({"threshold": threshold, **{name: scores[name] for name in SWEEP_FIELDS[1:]}})
     return rows

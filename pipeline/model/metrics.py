@@ -65,13 +65,19 @@ class SegmentationMetrics:
         """Each image's score: the mean over its foreground classes."""
         return self._per_image_and_class(name)[:, 1:].mean(dim=1)
 
+    def latest_per_image(self, name: str = "dice") -> torch.Tensor:
+        """``per_image`` of the images the latest update counted, without reducing all the others."""
+        if not self._counts:
+            raise ValueError("no batches were scored")
+        return _scores(name, self._counts[-1])[:, 1:].mean(dim=1)
+
     def foreground_fraction(self) -> torch.Tensor:
         """Each image's share of pixels whose true class is not the background."""
         tp, fp, fn, tn = self._stats()
         return (tp + fn)[:, 1:].sum(dim=1) / (tp + fp + fn + tn)[:, 0]
 
     def _per_image_and_class(self, name: str) -> torch.Tensor:
-        return METRIC_FUNCTIONS[name](*self._stats(), reduction="none", zero_division=1.0)
+        return _scores(name, self._stats())
 
     def compute(self) -> dict[str, float]:
         tp, fp, fn, tn = self._stats()
@@ -90,3 +96,8 @@ class SegmentationMetrics:
                     }
                 )
         return results
+
+
+def _scores(name: str, stats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Metric ``name`` of each image and class from their confusion counts."""
+    return METRIC_FUNCTIONS[name](*stats, reduction="none", zero_division=1.0)
