@@ -53,7 +53,7 @@ def _prepare(project: Path, image_size: int, images: int, encoder: str | None) -
     from pipeline.core import paths
     from pipeline.core.classes import ClassSpec
     from pipeline.core.extensions import AUTO
-    from pipeline.core.splits import SPLITS, SplitInfo, write_photo_size_mask, write_split
+    from pipeline.core.splits import SPLITS, SplitInfo, StagedRows, write_photo_size_mask, write_split
     from pipeline.model.checkpoint import save_checkpoint
     from pipeline.model.losses import resolve_loss
     from pipeline.model.network import build_model
@@ -80,7 +80,11 @@ def _prepare(project: Path, image_size: int, images: int, encoder: str | None) -
     counts = {name: len(split_ids[name]) for name in SPLITS}
     info = SplitInfo("0" * 64, image_size, classes, counts, split_ids)
     split_dir = project / paths.SPLIT_DIR
-    write_split(split_dir, ids, photos, masks, info)
+    split_dir.mkdir(parents=True)
+    with StagedRows(split_dir, image_size) as rows:
+        for photo, mask in zip(photos, masks, strict=True):
+            rows.append(photo, mask)
+        write_split(split_dir, ids, rows, info)
     side = 2 * image_size
     for index, mask in enumerate(masks[images:]):
         write_photo_size_mask(split_dir, "test", index, cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST))

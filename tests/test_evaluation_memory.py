@@ -11,7 +11,7 @@ import torch
 
 from pipeline.core import paths
 from pipeline.core.classes import PERSON
-from pipeline.core.splits import SPLITS, SplitInfo, write_photo_size_mask, write_split
+from pipeline.core.splits import SPLITS, SplitInfo, StagedRows, write_photo_size_mask, write_split
 from pipeline.evaluate.evaluation import score_test
 from pipeline.evaluate.predictions import load_for_evaluation
 from pipeline.serve.settings import InferenceSettings
@@ -52,7 +52,11 @@ def write_test_split(root: Path, images: int) -> SplitInfo:
     masks = rng.integers(0, 2, (images, SIZE, SIZE), dtype=np.uint8)
     split_ids = {name: ids if name == "test" else [] for name in SPLITS}
     info = SplitInfo("0" * 64, SIZE, PERSON, {name: len(split) for name, split in split_ids.items()}, split_ids)
-    write_split(root / paths.SPLIT_DIR, ids, photos, masks, info)
+    (root / paths.SPLIT_DIR).mkdir(parents=True)
+    with StagedRows(root / paths.SPLIT_DIR, SIZE) as rows:
+        for photo, mask in zip(photos, masks, strict=True):
+            rows.append(photo, mask)
+        write_split(root / paths.SPLIT_DIR, ids, rows, info)
     for index, mask in enumerate(masks):
         write_photo_size_mask(root / paths.SPLIT_DIR, "test", index, mask)
     return info
