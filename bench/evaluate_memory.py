@@ -78,14 +78,15 @@ def _prepare(project: Path, image_size: int, images: int, encoder: str | None) -
     ids = [f"photo{index:05d}" for index in range(total)]
     split_ids = {"train": [], "val": ids[:images], "test": ids[images:]}
     counts = {name: len(split_ids[name]) for name in SPLITS}
-    info = SplitInfo("0" * 64, image_size, classes, counts, split_ids)
+    side = 2 * image_size  # the photos' own size: the test masks are kept at it below
+    shapes = {name: [(side, side)] * len(split_ids[name]) for name in SPLITS}
+    info = SplitInfo("0" * 64, image_size, classes, counts, split_ids, "squash", shapes)
     split_dir = project / paths.SPLIT_DIR
     split_dir.mkdir(parents=True)
     with StagedRows(split_dir, image_size) as rows:
         for photo, mask in zip(photos, masks, strict=True):
             rows.append(photo, mask)
         write_split(split_dir, ids, rows, info)
-    side = 2 * image_size
     for index, mask in enumerate(masks[images:]):
         write_photo_size_mask(split_dir, "test", index, cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST))
 

@@ -122,10 +122,16 @@ def _prepare(workdir: Path, image_size: int, count: int, encoder: str | None) ->
     model = build_model(model_cfg, classes).eval()
     checkpoint = workdir / "model.pt"
     save_checkpoint(
-        checkpoint, model, model_cfg, classes, loss=resolve_loss(AUTO, classes.binary), image_size=image_size
+        checkpoint,
+        model,
+        model_cfg,
+        classes,
+        loss=resolve_loss(AUTO, classes.binary),
+        image_size=image_size,
+        resize=cfg.data.resize,
     )
     onnx_file = workdir / "model.onnx"
-    onnx.save(onnx_graph(model, classes, InferenceSettings(0.5, False, ""), image_size), onnx_file)
+    onnx.save(onnx_graph(model, classes, InferenceSettings(0.5, False, ""), image_size, cfg.data.resize), onnx_file)
     rng = np.random.default_rng(0)
     photos = []
     for index in range(count):

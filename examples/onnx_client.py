@@ -3,8 +3,9 @@
     python examples/onnx_client.py models/model.onnx photo.jpg --out mask.png --overlay overlay.png
 
 Everything needed besides the photo is in the file's metadata: the side the model was trained
-at, the threshold, the class names and colours, read with the package's one reader
-(``pipeline.serve.settings.read_description``, which imports no PyTorch). The graph takes uint8 RGB N x H x W x 3 (H and
+at and how photos were resized to it (``resize``), the threshold, the class names and colours,
+read with the package's one reader (``pipeline.serve.settings.read_description``, which imports
+no PyTorch). The graph takes uint8 RGB N x H x W x 3 (H and
 W multiples of 32) and returns probabilities N x C x H x W: C = 1 (the foreground) for a binary
 model, one channel per class otherwise. The mask is written at the photo's size: 0/255 for a
 binary model, the class id of each pixel otherwise.
@@ -20,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.core.errors import ModelError
+from pipeline.core.resizing import at_network_scale, pad_to, padded_shape
 from pipeline.serve.settings import ModelDescription, read_description
 
 # For classes without a palette colour.
@@ -28,9 +30,12 @@ DEFAULT_COLOUR = (255, 64, 64)
 
 def segment(session: ort.InferenceSession, model: ModelDescription, rgb: np.ndarray) -> np.ndarray:
     """H x W class ids for an RGB photo of any size."""
-    size = model.image_size
-    batch = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)[None]
+    # At the network's scale as the model was trained (squashed to the square, or its longest
+    # side to image_size), mirrored out to multiples of 32, and that padding cut off again.
+    content = at_network_scale(rgb, model.image_size, model.resize)
+    batch = pad_to(content, padded_shape(content.shape[:2]))[None]
     probabilities = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
+    probabilities = probabilities[:, : content.shape[0], : content.shape[1]]
     # Back to the photo's size as probabilities, then cut: smoother edges than resizing a class map.
     height, width = rgb.shape[:2]
     probabilities = cv2.resize(probabilities.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,7 +1,7 @@
 """Stage split: check, repair, decode and resize every pair once; split into train/val/test.
 
 Reads:  data/raw/; params data.layout, data.classes, data.palette, data.on_bad_sample,
-        data.image_size, split.val_fraction, split.test_fraction, split.seed
+        data.image_size, data.resize, split.val_fraction, split.test_fraction, split.seed
 Writes: data/split/ (uint8 arrays per split, split.json with ids, classes and the data's
         content hash), data/report.json (what was found, repaired and skipped)
 """

@@ -31,6 +31,14 @@ def test_flat_names_every_parameter_once(params):
         ("train", "epochs", "5", "train.epochs: Input should be a valid integer"),
         ("train", "device", "tpu", "train.device: Input should be 'auto', 'cpu' or 'cuda'"),
         ("data", "image_size", 100, "data.image_size: must be a multiple of 32"),
+        (
+            "data",
+            "resize",
+            "stretch",
+            "data.resize: unknown resize mode; choose one of: squash, longest (got 'stretch')",
+        ),
+        # Leaving photos at their own size needs patch training and tiled inference: not a choice yet.
+        ("data", "resize", "none", "data.resize: unknown resize mode; choose one of: squash, longest"),
         ("split", "val_fraction", 1.5, "split.val_fraction: Input should be less than 1"),
         (
             "evaluate",

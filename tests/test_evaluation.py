@@ -38,6 +38,16 @@ from pipeline.serve.palette import (
     TRUE_POSITIVE,
     TRUTH,
 )
+from pipeline.serve.segmenter import Segmenter
+
+
+class StoredOnly(Segmenter):
+    """For splits whose arrays are what predict feeds the network: no network runs."""
+
+    backend = "stored"
+
+    def network_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        raise AssertionError("the stored logits were to be scored")
 
 
 def logits_of(probabilities: list[float]) -> torch.Tensor:
@@ -49,8 +59,9 @@ def batches_of(truth: torch.Tensor, logits: torch.Tensor, classes: ClassSpec, lo
     """What predict_batches yields for a split of these truths and logits (and black photos)."""
     photos = np.zeros((truth.shape[0], *truth.shape[2:], 3), np.uint8)
     probabilities = class_probabilities(logits, classes)
+    content = [tuple(truth.shape[-2:])] * len(truth)  # no padding
     return [
-        Batch(start, photos[start:end], truth[start:end], probabilities[start:end], loss)
+        Batch(start, photos[start:end], truth[start:end], probabilities[start:end], loss, content[start:end])
         for start, end in ((start, start + EVAL_BATCH_SIZE) for start in range(0, len(truth), EVAL_BATCH_SIZE))
     ]
 
@@ -75,7 +86,8 @@ def scored_at_photo_size(
     network: SplitScores, split_dir, logits: torch.Tensor, truth: torch.Tensor, threshold: float | None
 ) -> tuple[PhotoSizeScores, list[float]]:
     """The same split at its photos' sizes (their masks in ``split_dir``), and the Dice each update gave."""
-    at_photo_size = PhotoSizeScores(network, split_dir, threshold)
+    segmenter = StoredOnly(truth.shape[-1], "squash", threshold, False, network.classes)
+    at_photo_size = PhotoSizeScores(network, split_dir, segmenter)
     dice = [score for batch in batches_of(truth, logits, network.classes) for score in at_photo_size.update(batch)]
     return at_photo_size, dice
 
@@ -197,7 +209,11 @@ def test_the_gallery_keeps_only_the_images_it_may_pick_and_all_it_picks():
     for start in range(0, images, EVAL_BATCH_SIZE):
         end = start + EVAL_BATCH_SIZE
         gallery.offer(
-            Batch(start, photos[start:end], truth[start:end], probabilities[start:end], 0.0), dice[start:end], 0.5
+            Batch(
+                start, photos[start:end], truth[start:end], probabilities[start:end], 0.0, [(4, 4)] * EVAL_BATCH_SIZE
+            ),
+            dice[start:end],
+            0.5,
         )
         assert len(gallery.kept) <= 2 * CASES_EACH
     picked = [index for _, index in pick_cases(dice)]
@@ -417,7 +433,7 @@ def _card(params, data_hash: str, classes, source: str = "https://example.com/pe
     return render_card(
         run_id="r1",
         params=parse_config(params).flat(),
-        split_info=SplitInfo(data_hash, 320, classes, {"train": 203, "val": 58, "test": 29}, {}),
+        split_info=SplitInfo(data_hash, 320, classes, {"train": 203, "val": 58, "test": 29}, {}, "squash", {}),
         metrics=metrics,
         threshold_source="maximises mean Dice on the validation split",
         worst=[{"id": "260", "dice": 0.267, "foreground_fraction": 0.12}],

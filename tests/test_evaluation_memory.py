@@ -51,7 +51,9 @@ def write_test_split(root: Path, images: int) -> SplitInfo:
     photos = rng.integers(0, 256, (images, SIZE, SIZE, 3), dtype=np.uint8)
     masks = rng.integers(0, 2, (images, SIZE, SIZE), dtype=np.uint8)
     split_ids = {name: ids if name == "test" else [] for name in SPLITS}
-    info = SplitInfo("0" * 64, SIZE, PERSON, {name: len(split) for name, split in split_ids.items()}, split_ids)
+    counts = {name: len(split) for name, split in split_ids.items()}
+    shapes = {name: [(SIZE, SIZE)] * len(split) for name, split in split_ids.items()}
+    info = SplitInfo("0" * 64, SIZE, PERSON, counts, split_ids, "squash", shapes)
     (root / paths.SPLIT_DIR).mkdir(parents=True)
     with StagedRows(root / paths.SPLIT_DIR, SIZE) as rows:
         for photo, mask in zip(photos, masks, strict=True):

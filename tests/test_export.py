@@ -30,13 +30,13 @@ def _test_split(model, classes: ClassSpec, tta: bool, count: int = 11, size: int
         probabilities = export.ExportedNetwork(model, classes, tta)(torch.from_numpy(images))
     masks = torch.zeros(count, 1, size, size)
     return [
-        Batch(start, images[start:end], masks[start:end], probabilities[start:end], 0.0)
+        Batch(start, images[start:end], masks[start:end], probabilities[start:end], 0.0, [(size, size)] * (end - start))
         for start, end in ((start, start + EVAL_BATCH_SIZE) for start in range(0, count, EVAL_BATCH_SIZE))
     ]
 
 
 def _verified(model, path, settings: InferenceSettings, classes: ClassSpec, test: list[Batch]) -> export.ExportCheck:
-    with export.verified_export(model, path, settings, classes, 32) as comparison:
+    with export.verified_export(model, path, settings, classes, 32, "squash") as comparison:
         for batch in test:
             comparison.update(batch)
     return comparison.check()
@@ -84,7 +84,7 @@ def test_a_tampered_graph_is_measured_and_refused(tmp_path, monkeypatch):
     reference = torch.cat([batch.probabilities for batch in test])
     threshold = float(reference.median())  # about half the pixels are foreground
     settings = InferenceSettings(threshold, False, "")
-    graph = export.onnx_graph(model, classes, settings, 32)
+    graph = export.onnx_graph(model, classes, settings, 32, "squash")
     # Every probability 1: the masks agree exactly where PyTorch says foreground.
     bias = next(init for init in graph.graph.initializer if init.name.endswith("segmentation_head.0.bias"))
     bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 1000, bias.name))
@@ -110,7 +110,7 @@ def test_the_onnx_backend_refuses_files_that_are_not_pipeline_exports(tmp_path):
         OnnxSegmenter.load(tmp_path / "junk.onnx")
     model, _ = load_model(tiny_checkpoint(tmp_path / "best.pt"))
     graph = export.onnx_graph(
-        model, ClassSpec.of(["background", "person"], None), InferenceSettings(0.5, False, ""), 32
+        model, ClassSpec.of(["background", "person"], None), InferenceSettings(0.5, False, ""), 32, "squash"
     )
     del graph.metadata_props[:]
     onnx.save(graph, tmp_path / "bare.onnx")
@@ -122,17 +122,19 @@ def test_the_onnx_backend_refuses_files_that_are_not_pipeline_exports(tmp_path):
 def exported_graph(module_folder) -> onnx.ModelProto:
     root = module_folder("graph")
     model, _ = load_model(tiny_checkpoint(root / "best.pt"))
-    return export.onnx_graph(model, ClassSpec.of(["sky", "cloud"], None), InferenceSettings(0.3, True, "cd" * 32), 64)
+    return export.onnx_graph(
+        model, ClassSpec.of(["sky", "cloud"], None), InferenceSettings(0.3, True, "cd" * 32), 64, "longest"
+    )
 
 
 def test_the_one_reader_gives_back_what_the_export_wrote(exported_graph, tmp_path):
     onnx.save(exported_graph, tmp_path / "model.onnx")
     description = read_description(tmp_path / "model.onnx")
     assert description == ModelDescription(
-        InferenceSettings(0.3, True, "cd" * 32), ClassSpec.of(["sky", "cloud"], None), 64
+        InferenceSettings(0.3, True, "cd" * 32), ClassSpec.of(["sky", "cloud"], None), 64, "longest"
     )
     segmenter = OnnxSegmenter.load(tmp_path / "model.onnx")
-    assert (segmenter.threshold, segmenter.tta, segmenter.image_size) == (0.3, True, 64)
+    assert (segmenter.threshold, segmenter.tta, segmenter.image_size, segmenter.resize) == (0.3, True, 64, "longest")
 
 
 @pytest.mark.parametrize(
@@ -144,6 +146,11 @@ def test_the_one_reader_gives_back_what_the_export_wrote(exported_graph, tmp_pat
         ("tta", '"yes"', "tta true or false"),
         ("image_size", "33", "image_size 33 in its metadata is not a multiple of 32"),
         ("image_size", "1e9", "image_size 1000000000.0 in its metadata"),
+        (
+            "resize",
+            '"stretch"',
+            "resize 'stretch' in its metadata: unknown resize mode; choose one of: squash, longest",
+        ),
         ("classes", '["only"]', "at least two class names"),
         ("classes", "{not json", "holds values that are not JSON"),
     ],

@@ -318,6 +318,7 @@ def split_config(policy: str) -> tuple[DataConfig, SplitConfig]:
         palette=None,
         on_bad_sample=policy,
         image_size=32,
+        resize="squash",
     )
     return data, SplitConfig(val_fraction=0.2, test_fraction=0.2, seed=0)
 

@@ -32,6 +32,7 @@ def data_config(policy: str = "error", layout: str = "auto") -> DataConfig:
         palette=None,
         on_bad_sample=policy,
         image_size=32,
+        resize="squash",
     )
 
 

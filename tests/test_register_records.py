@@ -17,7 +17,9 @@ from pipeline.serve.settings import InferenceSettings
 from pipeline.tracking import RunInfo, log_evaluation, training_run_of
 from tests.helpers.modelstore import NAME, tiny_checkpoint, tiny_onnx, write_val_scores
 
-SPLIT_INFO = SplitInfo("abc", 32, PERSON, {"train": 2, "val": 2, "test": 2}, {"val": ["a", "b"], "test": ["c", "d"]})
+SPLIT_INFO = SplitInfo(
+    "abc", 32, PERSON, {"train": 2, "val": 2, "test": 2}, {"val": ["a", "b"], "test": ["c", "d"]}, "squash", {}
+)
 
 
 @pytest.fixture

@@ -32,7 +32,13 @@ from tests.helpers.modelstore import NAME, PAIRED, register, tiny_checkpoint, ti
 from tests.helpers.project import PROJECT_ROOT
 
 SPLIT_INFO = SplitInfo(
-    "abc", 64, PERSON, {"train": 1, "val": 1, "test": 2}, {"test": ["p1", "p2"], "val": ["p3"], "train": ["p4"]}
+    "abc",
+    64,
+    PERSON,
+    {"train": 1, "val": 1, "test": 2},
+    {"test": ["p1", "p2"], "val": ["p3"], "train": ["p4"]},
+    "squash",
+    {},
 )
 
 

@@ -142,7 +142,7 @@ def test_training_data_is_an_mlflow_dataset_with_source_digest_and_counts(source
     from pipeline.core.classes import PERSON
     from pipeline.core.splits import SplitInfo
 
-    info = SplitInfo("f" * 64, 64, PERSON, {"train": 203, "val": 58, "test": 29}, {})
+    info = SplitInfo("f" * 64, 64, PERSON, {"train": 203, "val": 58, "test": 29}, {}, "squash", {})
     dataset = split_dataset(source, info).to_dict()
     assert (dataset["source_type"], dataset["name"], dataset["digest"]) == (source_type, name, "f" * 16)
     assert source in dataset["source"]

@@ -43,6 +43,8 @@ class DataConfig(_Section):
     palette: list[list[int]] | None
     on_bad_sample: Literal["error", "skip"]
     image_size: int = Field(ge=32, le=4096)
+    # How a photo reaches image_size: squash (to the square) or longest (its longest side, aspect kept).
+    resize: str
 
     @field_validator("source")
     @classmethod
@@ -113,6 +115,16 @@ class DataConfig(_Section):
         # U-Net encoders downsample five times; other sizes fail deep inside the decoder.
         if value % 32:
             raise ValueError(f"must be a multiple of 32 (got {value})")
+        return value
+
+    @field_validator("resize")
+    @classmethod
+    def _known_resize(cls, value: str) -> str:
+        from .resizing import resize_problem  # imports OpenCV: only when a config is checked
+
+        problem = resize_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 

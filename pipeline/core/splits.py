@@ -2,7 +2,8 @@
 
 ``data/split/<name>/images.npy`` and ``masks.npy`` per split, and ``split.json``, which
 ``SplitInfo`` reads and writes: the data's content hash, the size the images were resized
-to, the classes the mask values stand for, and which pair ids went where. The test split also
+to and how (``data.resize``), the classes the mask values stand for, which pair ids went
+where and the size of each one's photo. The test split also
 keeps its repaired masks at each photo's own size (``PHOTO_SIZE_MASKS``): its headline scores
 are taken at the size ``predict`` delivers masks at.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from .classes import ClassSpec
 from .errors import DataError
 from .files import atomic_path, read_json, write_json, write_png
+from .resizing import content_shape, resize_mode
 
 SPLITS = ("train", "val", "test")
 INFO_FILE = "split.json"
@@ -37,14 +39,20 @@ class SplitInfo:
     classes: ClassSpec
     counts: dict[str, int]
     ids: dict[str, list[str]]
+    resize: str  # data.resize
+    # (height, width) of each pair's photo, in the order of ``ids``: where the padding of a
+    # ``longest`` split begins, which no score counts.
+    photo_shapes: dict[str, list[tuple[int, int]]]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "data_hash": self.data_hash,
             "image_size": self.image_size,
+            "resize": self.resize,
             "classes": self.classes.to_dict(),
             "counts": self.counts,
             "ids": self.ids,
+            "photo_shapes": {name: [list(shape) for shape in shapes] for name, shapes in self.photo_shapes.items()},
         }
 
     @classmethod
@@ -56,7 +64,17 @@ class SplitInfo:
             ClassSpec.from_dict(saved["classes"]),
             saved["counts"],
             saved["ids"],
+            resize_mode(saved.get("resize"), str(split_dir / INFO_FILE), DataError),
+            {
+                name: [(int(height), int(width)) for height, width in shapes]
+                for name, shapes in saved["photo_shapes"].items()
+            },
         )
+
+    def content_shapes(self, name: str) -> list[tuple[int, int]]:
+        """The (height, width) of split ``name``'s images at the top left of their S x S arrays;
+        the rest is padding."""
+        return [content_shape(shape, self.image_size, self.resize) for shape in self.photo_shapes[name]]
 
 
 class StagedRows:

@@ -7,6 +7,7 @@ from typing import Any
 from ..core import paths
 from ..core.classes import ClassSpec
 from ..core.intervals import CONFIDENCE
+from ..core.resizing import describe
 from ..core.splits import SplitInfo
 from ..model.metrics import METRIC_FUNCTIONS
 from .predictions import HEADLINE_METRICS, headline_interval
@@ -141,7 +142,7 @@ def render_card(
 ## Data
 {dataset}; content hash (SHA-256 of every image and mask)
 `{split_info.data_hash}`. Seeded split: {counts["train"]} train, {counts["val"]} validation,
-{counts["test"]} test images, resized to {split_info.image_size} x {split_info.image_size} px.
+{counts["test"]} test images, resized to {describe(split_info.image_size, split_info.resize)}.
 The test images were not seen by training, model selection or threshold choice.
 
 ## {text["decision_title"]}
@@ -167,7 +168,7 @@ in it (another `train.seed` trains another model).
 {rows}{text["per_class"]}
 
 ## Known limits
-- {text["limits"]} The network sees {split_info.image_size} x {split_info.image_size} px (mean test
+- {text["limits"]} The network sees {describe(split_info.image_size, split_info.resize)} (mean test
   Dice there {input_size_dice:.4f}); masks at a photo's full size are upscaled from its output,
   so thin structures (fingers, hair) are coarse.
 - Worst test images (see the gallery artifact `evaluation/gallery.png`):

@@ -16,6 +16,7 @@ from ..core.config import Config
 from ..core.files import sha256_file, write_csv, write_json, write_png, write_text
 from ..core.splits import SplitInfo
 from ..serve.settings import InferenceSettings
+from ..serve.torch_backend import TorchSegmenter
 from .card import render_card
 from .confusion import CONFUSION_FIELDS, confusion_rows, render_confusion
 from .export import ExportCheck, verified_export
@@ -138,10 +139,20 @@ def score_test(
     and at each photo's, the gallery's candidates kept, and the ONNX export verified against it."""
     ids = split_info.ids["test"]
     test = SplitScores("test", ids, split_info.classes, (settings.threshold,))
-    at_photo_size = PhotoSizeScores(test, paths.SPLIT_DIR, settings.threshold)
+    segmenter = TorchSegmenter(
+        image_size=split_info.image_size,
+        resize=split_info.resize,
+        threshold=settings.threshold,
+        tta=settings.tta,
+        classes=split_info.classes,
+        model=model,
+        device=device,
+    )
+    at_photo_size = PhotoSizeScores(test, paths.SPLIT_DIR, segmenter)
     gallery = GalleryCases(len(ids))
     # A model whose export disagrees with PyTorch writes nothing, so nothing is registered.
-    with verified_export(model, paths.ONNX_MODEL, settings, split_info.classes, split_info.image_size) as export:
+    export_to = (paths.ONNX_MODEL, settings, split_info.classes, split_info.image_size, split_info.resize)
+    with verified_export(model, *export_to) as export:
         for batch in predict_batches(model, loss_fn, paths.SPLIT_DIR, "test", device, settings.tta):
             test.update(batch)
             gallery.offer(batch, at_photo_size.update(batch), settings.threshold)

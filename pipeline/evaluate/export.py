@@ -82,17 +82,19 @@ class ExportCheck:
         )
 
 
-def metadata(settings: InferenceSettings, classes: ClassSpec, image_size: int) -> dict[str, str]:
+def metadata(settings: InferenceSettings, classes: ClassSpec, image_size: int, resize: str) -> dict[str, str]:
     """How to run the file (``ModelDescription.metadata``, read back by predict and serving),
     and what it is, for people."""
     about = {"exporter": EXPORTER, "opset": OPSET, "input": INPUT_CONTRACT, "output": OUTPUT_CONTRACT}
     return {
         **{key: json.dumps(value) for key, value in about.items()},
-        **ModelDescription(settings, classes, image_size).metadata(),
+        **ModelDescription(settings, classes, image_size, resize).metadata(),
     }
 
 
-def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings, image_size: int) -> onnx.ModelProto:
+def onnx_graph(
+    model: nn.Module, classes: ClassSpec, settings: InferenceSettings, image_size: int, resize: str
+) -> onnx.ModelProto:
     # Traced on the CPU, from a copy: the model itself stays on its device, scoring the test split.
     network = ExportedNetwork(copy.deepcopy(model).cpu().eval(), classes, settings.tta).eval()
     buffer = io.BytesIO()
@@ -116,7 +118,7 @@ def onnx_graph(model: nn.Module, classes: ClassSpec, settings: InferenceSettings
             },
         )
     graph = onnx.load_model_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(graph, metadata(settings, classes, image_size))
+    onnx.helper.set_model_props(graph, metadata(settings, classes, image_size, resize))
     return graph
 
 
@@ -152,11 +154,11 @@ class ExportComparison:
 
 @contextmanager
 def verified_export(
-    model: nn.Module, path: Path, settings: InferenceSettings, classes: ClassSpec, image_size: int
+    model: nn.Module, path: Path, settings: InferenceSettings, classes: ClassSpec, image_size: int, resize: str
 ) -> Iterator[ExportComparison]:
     """Export ``model`` to ``path``; the block feeds the comparison the test split's batches, and
     ``path`` is written only if onnxruntime agreed with PyTorch on them; else this raises, with the numbers."""
-    graph = onnx_graph(model, classes, settings, image_size)
+    graph = onnx_graph(model, classes, settings, image_size, resize)
     with atomic_path(path) as tmp:
         onnx.save(graph, tmp)
         comparison = ExportComparison(tmp, settings.threshold)

@@ -19,13 +19,14 @@ from ..core import paths
 from ..core.classes import ClassSpec
 from ..core.device import resolve_device
 from ..core.intervals import Interval, bootstrap_mean
+from ..core.resizing import padded_shape
 from ..core.splits import SplitInfo, load_split, read_photo_size_masks
 from ..model.checkpoint import checkpoint_classes, checkpoint_loss, load_model
 from ..model.inputs import SegmentationDataset, eval_transform
 from ..model.losses import build_loss
 from ..model.metrics import SegmentationMetrics
 from ..model.outputs import class_probabilities, predict_logits, predicted_classes
-from ..serve.segmenter import at_photo_size, class_map
+from ..serve.segmenter import Segmenter, at_photo_size, class_map
 
 # Scores do not depend on it, except the loss, whose Dice term is taken per batch as in training.
 EVAL_BATCH_SIZE = 8
@@ -80,7 +81,10 @@ class Batch:
     photos: np.ndarray  # (B, S, S, 3) uint8, as the split holds them
     masks: torch.Tensor  # (B, 1, S, S) float class ids (0/1 for binary)
     probabilities: torch.Tensor  # class_probabilities of the network's logits (B, 1 or C, S, S)
-    loss: float  # the training loss on this batch (its Dice term is taken per batch, as in training)
+    loss: float  # the training loss on this batch (its Dice term is taken per batch, as in training), padding included
+    # Each image's (height, width) at the top left of its S x S array, the rest padding that no
+    # score counts (SplitInfo.content_shapes).
+    content: list[tuple[int, int]]
 
 
 @torch.no_grad()
@@ -89,14 +93,17 @@ def predict_batches(
 ) -> Iterator[Batch]:
     images, masks = load_split(split_dir, split)
     loader = DataLoader(SegmentationDataset(images, masks, eval_transform()), batch_size=EVAL_BATCH_SIZE)
-    classes = SplitInfo.read(split_dir).classes
+    info = SplitInfo.read(split_dir)
+    content = info.content_shapes(split)
     model.eval()
     start = 0
     for batch, truth in tqdm(loader, desc=f"evaluate {split}", unit="batch", leave=False):
+        end = start + len(batch)
         logits = predict_logits(model, batch.to(device), tta).float().cpu()
-        photos = np.ascontiguousarray(images[start : start + len(batch)])
-        yield Batch(start, photos, truth, class_probabilities(logits, classes), loss_fn(logits, truth).item())
-        start += len(batch)
+        photos = np.ascontiguousarray(images[start:end])
+        probabilities = class_probabilities(logits, info.classes)
+        yield Batch(start, photos, truth, probabilities, loss_fn(logits, truth).item(), content[start:end])
+        start = end
 
 
 class SplitScores:
@@ -112,11 +119,11 @@ class SplitScores:
         self._loss_total += batch.loss * len(batch.masks)
         self._images += len(batch.masks)
         for threshold, metrics in self.counted.items():
-            metrics.update_classes(predicted_classes(batch.probabilities, threshold), batch.masks[:, 0])
+            metrics.update_classes(predicted_classes(batch.probabilities, threshold), batch.masks[:, 0], batch.content)
 
     @property
     def loss(self) -> float:
-        """The mean training loss per image (the loss the checkpoint was trained with)."""
+        """The mean training loss per image (the loss the checkpoint was trained with), padding included."""
         return self._loss_total / self._images
 
     def metrics(self, threshold: float | None) -> SegmentationMetrics:
@@ -138,23 +145,43 @@ class SplitScores:
 
 class PhotoSizeScores:
     """A split's predictions as ``predict`` delivers them: the network's probabilities resized to
-    each photo's own size and cut there at ``threshold``, scored against the repaired mask at that
-    size (the split stage's photo-size masks, read one at a time as the batches come)."""
+    each photo's own size and cut there, scored against the repaired mask at that size (the split
+    stage's photo-size masks, read one at a time as the batches come).
 
-    def __init__(self, network: SplitScores, split_dir: Path, threshold: float | None):
+    Where an image's S x S array is what predict feeds the network (``squash``; a square photo
+    under ``longest``), its probabilities are the batch's; otherwise ``segmenter`` (the same
+    network) runs its content padded only to multiples of 32, as predict does."""
+
+    def __init__(self, network: SplitScores, split_dir: Path, segmenter: Segmenter):
         self.network = network  # the same split at the network's input size, for the loss
-        self.metrics = SegmentationMetrics(threshold, network.classes)
+        self.segmenter = segmenter
+        self.metrics = SegmentationMetrics(segmenter.threshold, network.classes)
         self._masks = read_photo_size_masks(split_dir, network.split, len(network.ids))
 
     def update(self, batch: Batch) -> list[float]:
         """Count the batch's images; their Dice at their photos' sizes, in order."""
         dice = []
-        for probabilities in batch.probabilities:
+        for probabilities in self._content_probabilities(batch):
             mask = next(self._masks)
-            predicted = class_map(at_photo_size(probabilities.numpy(), mask.shape), self.metrics.threshold)
+            predicted = class_map(at_photo_size(probabilities, mask.shape), self.metrics.threshold)
             self.metrics.update_classes(torch.from_numpy(predicted)[None], torch.from_numpy(mask)[None])
             dice.extend(self.metrics.latest_per_image("dice").tolist())
         return dice
+
+    def _content_probabilities(self, batch: Batch) -> list[np.ndarray]:
+        """Each image's C x h x w probabilities over its content at the network's scale, as
+        predict computes them for its photo."""
+        stored = tuple(batch.probabilities.shape[-2:])
+        probabilities: dict[int, np.ndarray] = {}
+        rerun: dict[int, np.ndarray] = {}
+        for index, (height, width) in enumerate(batch.content):
+            # The whole array is the content, or the content padded exactly as predict pads it.
+            if stored in ((height, width), padded_shape((height, width))):
+                probabilities[index] = batch.probabilities[index, :, :height, :width].numpy()
+            else:
+                rerun[index] = batch.photos[index, :height, :width]
+        probabilities.update(zip(rerun, self.segmenter.content_probabilities(list(rerun.values())), strict=True))
+        return [probabilities[index] for index in range(len(batch.content))]
 
     def scores(self) -> dict[str, float]:
         """The loss (the network's, at its input size) and the metrics at each photo's size, named

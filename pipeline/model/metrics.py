@@ -8,6 +8,8 @@ reduce the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import segmentation_models_pytorch as smp
 import torch
 
@@ -41,14 +43,33 @@ class SegmentationMetrics:
         self._counts: list[tuple[torch.Tensor, ...]] = []
         self.confusion = torch.zeros(classes.count, classes.count, dtype=torch.long)  # [truth, prediction] pixels
 
-    def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
+    def update(
+        self, logits: torch.Tensor, masks: torch.Tensor, content: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        """Count a batch of logits against N x 1 x H x W masks (``update_classes``)."""
         predicted = predicted_classes(class_probabilities(logits.detach().float(), self.classes), self.threshold)
-        self.update_classes(predicted, masks[:, 0])
+        self.update_classes(predicted, masks[:, 0], content)
 
-    def update_classes(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
-        """Count N x H x W predicted class ids against the true ones. Each update may have an image
-        size of its own: the counts are kept per image."""
+    def update_classes(
+        self, predicted: torch.Tensor, truth: torch.Tensor, content: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        """Count N x H x W predicted class ids against the true ones; with ``content``, only each
+        image's (height, width) at its top left: the rest is padding (``data.resize: longest``),
+        which no score counts. Each update may have an image size of its own: the counts are
+        kept per image."""
         predicted, truth = predicted.long().cpu(), truth.long().cpu()
+        full = tuple(truth.shape[-2:])
+        if content is None or all(tuple(shape) == full for shape in content):
+            self._count(predicted, truth)
+            return
+        # One image at a time: the counts of each image's content alone, in order, as one update.
+        counts = []
+        for image, true, (height, width) in zip(predicted, truth, content, strict=True):
+            self._count(image[None, :height, :width], true[None, :height, :width])
+            counts.append(self._counts.pop())
+        self._counts.append(tuple(torch.cat(column) for column in zip(*counts, strict=True)))
+
+    def _count(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
         stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
         self._counts.append(tuple(stats))
         count = self.classes.count

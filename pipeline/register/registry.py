@@ -78,10 +78,12 @@ REQUIREMENTS = ("onnxruntime", "numpy", "pandas", "opencv-python-headless", "pil
 
 
 def identify_split(split_info: SplitInfo, split: str) -> str:
-    """Identifies a split's images exactly: the data, the size they are scored at, and which ones."""
+    """Identifies a split's images exactly: the data, the size they are scored at and how they
+    were resized to it, and which ones."""
     identity = {
         "data_hash": split_info.data_hash,
         "image_size": split_info.image_size,
+        "resize": split_info.resize,
         split: sorted(split_info.ids[split]),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,7 +7,8 @@ C = 1, the sigmoid foreground probability, for a binary model; one softmax chann
 otherwise. Flip TTA, when the model was evaluated with it, is inside the graph too. The
 file's metadata (every value JSON) says how to use it, read by ``settings.read_description``:
 ``threshold``, ``classes``, ``palette``, ``image_size`` (the side the model was trained and
-evaluated at), ``tta`` and the ``checkpoint_sha256`` it was exported from; ``opset``,
+evaluated at), ``resize`` (how a photo is brought to that side: ``pipeline/core/resizing.py``),
+``tta`` and the ``checkpoint_sha256`` it was exported from; ``opset``,
 ``exporter``, ``input`` and ``output`` describe it for people.
 """
 
@@ -63,6 +64,7 @@ class OnnxSegmenter(Segmenter):
         description = read_description(session, path)
         return cls(
             image_size=description.image_size,
+            resize=description.resize,
             threshold=description.settings.threshold,
             tta=description.settings.tta,
             classes=description.classes,

@@ -1,5 +1,6 @@
-"""What every inference backend shares, without PyTorch: photos in at any size, the network's
-square input, probabilities back at each photo's size, and masks cut from them.
+"""What every inference backend shares, without PyTorch: photos in at any size, brought to the
+network's scale as ``data.resize`` says and padded to multiples of 32, the padding cut off the
+probabilities, those back at each photo's size, and masks cut from them.
 
 The ONNX backend (``onnx_backend.py``) and the served model import only this side of the
 package, so serving needs neither PyTorch nor smp.
@@ -7,6 +8,7 @@ package, so serving needs neither PyTorch nor smp.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..core.classes import ClassSpec
 from ..core.images import MAX_IMAGE_PIXELS
+from ..core.resizing import at_network_scale, pad_to, padded_shape
 
 T = TypeVar("T")
 
@@ -36,7 +39,8 @@ def image_batches(images: Iterable[tuple[T, np.ndarray]], size: int) -> Iterator
 
 
 def at_photo_size(probabilities: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """One photo's C x S x S network probabilities at its (height, width): H x W foreground
+    """One photo's C x h x w network probabilities (its content at the network's scale, the
+    padding cut off: ``Segmenter.content_probabilities``) at its (height, width): H x W foreground
     probabilities for a binary model (one channel), H x W x C class probabilities otherwise.
     Evaluate scores the test split through this too, so its scores are those of predict's masks."""
     height, width = shape
@@ -76,20 +80,35 @@ class Segmenter:
     backend: ClassVar[str]
 
     image_size: int
+    resize: str  # data.resize: pipeline/core/resizing.py
     threshold: float | None  # binary models only; multi-class ones take the top class
     tta: bool
     classes: ClassSpec
 
     def network_probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """N x C x S x S float32 probabilities for N x S x S x 3 uint8 RGB photos at ``image_size``."""
+        """N x C x H x W float32 probabilities for N x H x W x 3 uint8 RGB images, H and W multiples of 32."""
         raise NotImplementedError
+
+    def content_probabilities(self, contents: list[np.ndarray]) -> list[np.ndarray]:
+        """C x h x w probabilities for h x w x 3 photos already at the network's scale: each padded
+        to multiples of 32, run with the others of its padded shape, and the padding cut off
+        again. Evaluate scores the test split through this, as predict runs."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, content in enumerate(contents):
+            groups[padded_shape(content.shape[:2])].append(index)
+        probabilities: list[np.ndarray] = [np.empty(0)] * len(contents)
+        for shape, indices in groups.items():
+            batch = np.stack([pad_to(contents[index], shape) for index in indices])
+            for index, prob in zip(indices, self.network_probabilities(batch), strict=True):
+                height, width = contents[index].shape[:2]
+                probabilities[index] = prob[:, :height, :width]
+        return probabilities
 
     def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Per pixel, at each image's own size: the foreground probability (H x W) of a binary
         model, the class probabilities (H x W x C) of a multi-class one."""
-        size = (self.image_size, self.image_size)
-        batch = np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images])
-        probs = self.network_probabilities(batch)
+        contents = [at_network_scale(image, self.image_size, self.resize) for image in images]
+        probs = self.content_probabilities(contents)
         return [at_photo_size(prob, image.shape[:2]) for prob, image in zip(probs, images, strict=True)]
 
     def class_maps(self, images: list[np.ndarray]) -> list[np.ndarray]:

@@ -16,12 +16,13 @@ import onnxruntime as ort
 
 from ..core.classes import ClassSpec
 from ..core.errors import ModelError
+from ..core.resizing import resize_mode
 
 # The metadata layout this version writes and reads; a file of another layout is refused by name.
 FORMAT = "unet-pipeline/onnx-v1"
 # What running the model needs from the metadata; the file also describes itself for people
 # (exporter, opset, input, output: pipeline/evaluate/export.py).
-REQUIRED_METADATA = ("format", "threshold", "tta", "classes", "palette", "image_size", "checkpoint_sha256")
+REQUIRED_METADATA = ("format", "threshold", "tta", "classes", "palette", "image_size", "resize", "checkpoint_sha256")
 # Network inputs are multiples of 32 (five poolings); above this side no model of this pipeline runs.
 MAX_IMAGE_SIZE = 4096
 
@@ -58,13 +59,15 @@ class ModelDescription:
 
     settings: InferenceSettings
     classes: ClassSpec
-    image_size: int  # the square side the model was trained and evaluated at
+    image_size: int  # the side the model was trained and evaluated at
+    resize: str  # how photos were brought to it (data.resize: pipeline/core/resizing.py)
 
     def metadata(self) -> dict[str, str]:
         """The ONNX metadata entries (JSON values) that ``read_description`` reads back."""
         values = {
             "format": FORMAT,
             "image_size": self.image_size,
+            "resize": self.resize,
             "threshold": self.settings.threshold if self.classes.binary else None,
             "tta": self.settings.tta,
             "classes": list(self.classes.names),
@@ -86,6 +89,7 @@ def _parsed(stored: dict[str, str], where: str) -> ModelDescription:
     size = values["image_size"]
     if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_IMAGE_SIZE or size % 32:
         raise ModelError(f"{where}: image_size {str(size)[:40]} in its metadata is not a multiple of 32 in 32-4096")
+    resize = resize_mode(values["resize"], where, ModelError)
     try:
         classes = ClassSpec.of(values["classes"], values["palette"])
         if classes.count < 2 or not all(isinstance(name, str) for name in classes.names):
@@ -96,7 +100,7 @@ def _parsed(stored: dict[str, str], where: str) -> ModelDescription:
         raise ModelError(f"{where}: its metadata does not describe a model of this pipeline ({exc})") from None
     if classes.binary and threshold is None:
         raise ModelError(f"{where}: a binary model without a threshold in its metadata")
-    return ModelDescription(settings, classes, size)
+    return ModelDescription(settings, classes, size, resize)
 
 
 def read_description(model: Path | ort.InferenceSession, where: Path | str | None = None) -> ModelDescription:

@@ -14,6 +14,7 @@ from ..core.device import resolve_device
 from ..core.errors import ModelError
 from ..core.files import sha256_file
 from ..core.paths import ONNX_MODEL
+from ..core.resizing import resize_mode
 from ..model.checkpoint import checkpoint_classes, load_model
 from ..model.inputs import eval_transform
 from ..model.outputs import class_probabilities, predict_logits
@@ -95,10 +96,12 @@ class TorchSegmenter(Segmenter):
         image_size = meta.get("image_size")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or not 32 <= image_size <= MAX_IMAGE_SIZE:
             raise ModelError(f"{checkpoint}: no usable image_size in its metadata (got {image_size!r})")
+        resize = resize_mode(meta.get("resize"), str(checkpoint), ModelError)
         target = resolve_device(device)
         classes = checkpoint_classes(meta)
         return cls(
             image_size=image_size,
+            resize=resize,
             threshold=settings.threshold if classes.binary else None,
             tta=settings.tta,
             classes=classes,

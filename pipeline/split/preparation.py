@@ -1,10 +1,11 @@
 """The split stage's work: find pairs, read and repair them, apply the bad-sample policy,
 split, and write ``data/split/`` with its ``data/report.json``.
 
-Every photo is decoded once here and resized to ``data.image_size``; training then reads
-small uint8 arrays instead of decoding full-size files every epoch. The resized pairs wait on
-disk (``StagedRows``) until the split is drawn, so memory does not grow with the dataset. The
-test masks are also kept at each photo's own size, where evaluate scores the test predictions.
+Every photo is decoded once here and resized to ``data.image_size`` as ``data.resize`` says
+(``core/resizing.py``), padded to the square; training then reads small uint8 arrays instead
+of decoding full-size files every epoch. The resized pairs wait on disk (``StagedRows``) until
+the split is drawn, so memory does not grow with the dataset. The test masks are also kept at
+each photo's own size, where evaluate scores the test predictions.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import albumentations as A
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -25,6 +24,7 @@ from ..core.classes import ClassSpec
 from ..core.config import DataConfig, SplitConfig
 from ..core.errors import DataError
 from ..core.files import atomic_dir, write_json
+from ..core.resizing import at_network_scale, pad_to
 from ..core.splits import SPLITS, SplitInfo, StagedRows, write_photo_size_mask, write_split
 from .layouts import Pair, find_inventory
 from .report import BadSample, PairRecord, build_report
@@ -40,11 +40,8 @@ class Preparation:
     content_hash: str
 
 
-def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec, rows: StagedRows) -> Preparation:
+def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec, resize: str, rows: StagedRows) -> Preparation:
     """Read, repair and resize every pair into ``rows``; hash the kept files' bytes for provenance."""
-    resize = A.Compose(
-        [A.Resize(image_size, image_size, interpolation=cv2.INTER_AREA, mask_interpolation=cv2.INTER_NEAREST)]
-    )
     records, bad = [], []
     by_content: dict[str, list[str]] = defaultdict(list)
     content = hashlib.sha256()
@@ -60,11 +57,14 @@ def prepare(pairs: Sequence[Pair], image_size: int, classes: ClassSpec, rows: St
         # Duplicates are judged on decoded pixels: the same photo saved twice is not byte-identical.
         decoded = hashlib.sha256(f"{sample.image.shape}".encode() + sample.image.tobytes()).hexdigest()
         by_content[decoded].append(pair.id)
-        resized = resize(image=sample.image, mask=sample.mask)
-        rows.append(resized["image"], resized["mask"])
+        # At the network's scale, then padded to the square (both only resize under squash).
+        image = at_network_scale(sample.image, image_size, resize)
+        mask = at_network_scale(sample.mask, image_size, resize, mask=True)
+        rows.append(pad_to(image, (image_size, image_size)), pad_to(mask, (image_size, image_size)))
         height, width = sample.image.shape[:2]
-        foreground = float((resized["mask"] > 0).mean())
-        present = tuple(int(class_id) for class_id in np.unique(resized["mask"]))  # as training sees it
+        # Of the photo's content at the network's scale, as training sees it (the padding mirrors it).
+        foreground = float((mask > 0).mean())
+        present = tuple(int(class_id) for class_id in np.unique(mask))
         records.append(
             PairRecord(pair.id, pair.image, pair.mask, width, height, foreground, tuple(sample.repairs), present)
         )
@@ -126,15 +126,18 @@ def build_split(
     # Built aside and swapped in whole, like data/raw: a crash, or a refusal below, leaves the old split.
     with atomic_dir(split_dir) as staging:
         with StagedRows(staging, data_cfg.image_size) as rows:
-            prepared = prepare(inventory.pairs, data_cfg.image_size, classes, rows)
+            prepared = prepare(inventory.pairs, data_cfg.image_size, classes, data_cfg.resize, rows)
             bad = inventory.bad + prepared.bad
             assignment = draw_split(raw_dir, prepared, bad, data_cfg.on_bad_sample, split_cfg)
+            photo_shape = {record.id: (record.height, record.width) for record in prepared.records}
             info = SplitInfo(
                 data_hash=prepared.content_hash,
                 image_size=data_cfg.image_size,
                 classes=classes,
                 counts={name: len(assignment[name]) for name in SPLITS},
                 ids=assignment,
+                resize=data_cfg.resize,
+                photo_shapes={name: [photo_shape[id_] for id_ in assignment[name]] for name in SPLITS},
             )
             write_split(staging, [record.id for record in prepared.records], rows, info)
         write_photo_size_masks(staging, prepared.records, assignment["test"], classes)

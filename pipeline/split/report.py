@@ -56,7 +56,7 @@ class PairRecord:
     mask: Path
     width: int  # of the image as used (after EXIF orientation), before resizing
     height: int
-    foreground: float  # share of mask pixels that are foreground, at data.image_size
+    foreground: float  # share of mask pixels that are foreground, at data.image_size (padding not counted)
     repairs: tuple[Repair, ...] = field(default=())
     classes: tuple[int, ...] = field(default=())  # the class ids its mask holds, at data.image_size
 

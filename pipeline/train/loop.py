@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -134,8 +135,11 @@ def validate(
     metrics: SegmentationMetrics,
     desc: str,
     precision: Precision | None = None,
+    content: Sequence[tuple[int, int]] | None = None,
 ) -> float:
-    """Mean loss per image over ``loader``, in eval mode; ``metrics`` accumulates the scores."""
+    """Mean loss per image over ``loader``, in eval mode; ``metrics`` accumulates the scores,
+    over each image's ``content`` (its (height, width) at the top left, in the loader's order)
+    where given. The loss is taken over the whole input, padding included, as training takes it."""
     precision = precision or Precision(device.type)
     model.eval()
     total, seen = 0.0, 0
@@ -145,6 +149,6 @@ def validate(
             logits = model(images)
         logits = logits.float()
         total += loss_fn(logits, masks).item() * len(images)
+        metrics.update(logits, masks, None if content is None else content[seen : seen + len(images)])
         seen += len(images)
-        metrics.update(logits, masks)
     return total / seen

@@ -123,15 +123,16 @@ def history_fields(classes: ClassSpec) -> tuple[str, ...]:
     return HISTORY_FIELDS[:-2] + per_class + HISTORY_FIELDS[-2:]
 
 
-def training_fingerprint(cfg: Config, data_hash: str, classes: ClassSpec) -> str:
+def training_fingerprint(cfg: Config, split_info: SplitInfo) -> str:
     """Identifies what a run computes, so ``last.pt`` is only resumed into the same run."""
     train = {key: value for key, value in cfg.train.model_dump().items() if key not in RUNTIME_ONLY_KEYS}
     relevant = {
-        "data_hash": data_hash,
+        "data_hash": split_info.data_hash,
         "data": cfg.data.image_size,
+        "resize": split_info.resize,
         "model": cfg.model.model_dump(),
         "train": train,
-        "classes": classes.to_dict(),
+        "classes": split_info.classes.to_dict(),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
@@ -331,7 +332,7 @@ class TrainingSession:
         self.optimizer = build_optimiser(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, len(self.train_loader))
         self.scaler = build_scaler(self.precision, self.device)
-        fingerprint = training_fingerprint(cfg, self.split_info.data_hash, self.classes)
+        fingerprint = training_fingerprint(cfg, self.split_info)
         saved, self.resume_note = (
             read_resume_checkpoint(last_path, best_path, fingerprint, cfg.train.epochs)
             if cfg.train.resume
@@ -388,6 +389,7 @@ class TrainingSession:
             val_metrics,
             desc=f"epoch {epoch} val",
             precision=self.precision,
+            content=self.split_info.content_shapes("val"),
         )
         scores = val_metrics.compute()
         row = {
@@ -407,6 +409,7 @@ class TrainingSession:
             self.cfg.model,
             self.classes,
             image_size=self.cfg.data.image_size,
+            resize=self.split_info.resize,
             loss=resolve_loss(self.cfg.train.loss, self.classes.binary),
             epoch=int(row["epoch"]),
             val_loss=row["val_loss"],

@@ -40,8 +40,8 @@ if os.environ.get("INJECT_EXPORT_MISMATCH"):
         def forward(self, images):
             return 2 * self.pivot - self.model(images)
 
-    def onnx_graph(model, classes, settings, image_size):
+    def onnx_graph(model, classes, settings, image_size, resize):
         pivot = math.log(settings.threshold / (1 - settings.threshold))
-        return original_graph(Reflected(model, pivot), classes, settings, image_size)
+        return original_graph(Reflected(model, pivot), classes, settings, image_size, resize)
 
     export.onnx_graph = onnx_graph

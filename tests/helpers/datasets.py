@@ -29,7 +29,9 @@ def make_dataset(
     return root
 
 
-def data_config(classes: tuple[str, ...] = ("background", "person"), image_size: int = 32) -> DataConfig:
+def data_config(
+    classes: tuple[str, ...] = ("background", "person"), image_size: int = 32, resize: str = "squash"
+) -> DataConfig:
     """The data section of a split of a local folder dataset, read with the auto layout."""
     return DataConfig(
         source="unused",
@@ -39,6 +41,7 @@ def data_config(classes: tuple[str, ...] = ("background", "person"), image_size:
         palette=None,
         on_bad_sample="error",
         image_size=image_size,
+        resize=resize,
     )
 
 
@@ -50,9 +53,10 @@ def build_test_split(
     test_fraction: float,
     seed: int = 0,
     classes: tuple[str, ...] = ("background", "person"),
+    resize: str = "squash",
 ) -> Path:
     """Run the split stage's work on ``raw`` into ``out/split`` (report beside it); returns the split folder."""
-    data = data_config(classes, image_size)
+    data = data_config(classes, image_size, resize)
     split = SplitConfig(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     build_split(raw, out / "split", out / "report.json", data, split)
     return out / "split"

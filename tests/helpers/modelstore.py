@@ -30,7 +30,9 @@ NAME = "test-unet"
 PAIRED = r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] on 58 validation images"
 
 
-def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON) -> Path:
+def tiny_checkpoint(
+    path: Path, seed: int = 0, image_size: int = 32, classes: ClassSpec = PERSON, resize: str = "squash"
+) -> Path:
     torch.manual_seed(seed)
     save_checkpoint(
         path,
@@ -39,6 +41,7 @@ def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: Cl
         classes,
         loss=resolve_loss(AUTO, classes.binary),
         image_size=image_size,
+        resize=resize,
     )
     return path
 
@@ -46,7 +49,7 @@ def tiny_checkpoint(path: Path, seed: int = 0, image_size: int = 32, classes: Cl
 def tiny_onnx(checkpoint: Path, settings: InferenceSettings, path: Path) -> Path:
     """The checkpoint exported as evaluate exports it, with ``settings`` in its metadata."""
     model, meta = load_model(checkpoint)
-    onnx.save(onnx_graph(model, checkpoint_classes(meta), settings, int(meta["image_size"])), path)
+    onnx.save(onnx_graph(model, checkpoint_classes(meta), settings, int(meta["image_size"]), meta["resize"]), path)
     return path
 
 
@@ -104,7 +107,7 @@ class FakeSession:
     """What train_tracked needs of a TrainingSession; fit logs one more epoch and returns the tracker's ids."""
 
     def __init__(self, best_path: Path, run_id: str | None = None, history: list[dict] | None = None):
-        self.split_info = SplitInfo("f" * 64, 32, PERSON, {"train": 2, "val": 1, "test": 1}, {})
+        self.split_info = SplitInfo("f" * 64, 32, PERSON, {"train": 2, "val": 1, "test": 1}, {}, "squash", {})
         self.encoder_weights_sha256 = "e" * 64
         self.best_path, self.run_id, self.history = best_path, run_id, history or []
 
