@@ -8,6 +8,7 @@ from pipeline.core.splits import write_photo_size_mask
 from pipeline.evaluate.gallery import (
     BACKGROUND,
     CASES_EACH,
+    GAP,
     PANEL,
     SWATCH,
     SWATCH_BORDER,
@@ -208,13 +209,9 @@ def test_the_gallery_keeps_only_the_images_it_may_pick_and_all_it_picks():
     gallery = GalleryCases(images)
     for start in range(0, images, EVAL_BATCH_SIZE):
         end = start + EVAL_BATCH_SIZE
-        gallery.offer(
-            Batch(
-                start, photos[start:end], truth[start:end], probabilities[start:end], 0.0, [(4, 4)] * EVAL_BATCH_SIZE
-            ),
-            dice[start:end],
-            0.5,
-        )
+        content = [(4, 4)] * len(photos[start:end])
+        batch = Batch(start, photos[start:end], truth[start:end], probabilities[start:end], 0.0, content)
+        gallery.offer(batch, dice[start:end], 0.5)
         assert len(gallery.kept) <= 2 * CASES_EACH
     picked = [index for _, index in pick_cases(dice)]
     assert len(picked) == 2 * CASES_EACH and set(picked) <= set(gallery.kept)
@@ -223,6 +220,23 @@ def test_the_gallery_keeps_only_the_images_it_may_pick_and_all_it_picks():
         assert np.array_equal(case.photo, photos[index]) and np.array_equal(case.truth, truth[index, 0].numpy())
         assert np.array_equal(case.prediction, (probabilities[index, 0] >= 0.5).numpy())
     render_gallery(gallery.kept, [str(index) for index in range(images)], dice, PERSON)
+
+
+def test_the_gallery_shows_a_wide_photos_content_with_its_aspect_not_the_padded_square():
+    # One 2 x 8 photo (content) in its 8 x 8 square, the rest padding the gallery must not show.
+    photos = np.zeros((1, 8, 8, 3), np.uint8)
+    photos[0, :2] = 200
+    truth = torch.ones(1, 1, 8, 8)
+    probabilities = torch.ones(1, 1, 8, 8)
+    gallery = GalleryCases(1)
+    gallery.offer(Batch(0, photos, truth, probabilities, 0.0, [(2, 8)]), [1.0], 0.5)
+    case = gallery.kept[0]
+    assert case.photo.shape == (2, 8, 3) and case.truth.shape == case.prediction.shape == (2, 8)
+    panel = render_gallery(gallery.kept, ["wide"], [1.0], PERSON)[-PANEL - GAP : -GAP, GAP : GAP + PANEL]
+    # 8:2 fitted to the panel: 256 x 64, centred; white above and below, the photo between.
+    photo_rows = np.flatnonzero((panel != 255).any(axis=(1, 2)))
+    assert (photo_rows.min(), photo_rows.max()) == (96, 159)
+    assert (panel[96:160] == 200).all()
 
 
 def test_the_headline_holds_each_score_with_its_interval_and_the_details_the_rest():

@@ -43,7 +43,8 @@ def pick_cases(dice: list[float], count: int = CASES_EACH) -> list[tuple[str, in
 
 @dataclass(frozen=True)
 class Case:
-    """What the gallery draws of one image: the photo and the truth and predicted class ids (S x S)."""
+    """What the gallery draws of one image: the photo and the truth and predicted class ids, at the
+    network's scale (S x S; h x w, the aspect kept, under data.resize longest)."""
 
     photo: np.ndarray
     truth: np.ndarray
@@ -72,9 +73,13 @@ class GalleryCases:
         for offset in range(len(dice)):
             index = batch.start + offset
             if index in wanted:
+                # The image's content only: under data.resize longest the rest of the square is padding.
+                height, width = batch.content[offset]
                 prediction = predicted_classes(batch.probabilities[offset : offset + 1], threshold)[0]
                 self.kept[index] = Case(
-                    np.array(batch.photos[offset]), batch.masks[offset, 0].numpy().copy(), prediction.numpy()
+                    np.array(batch.photos[offset, :height, :width]),
+                    batch.masks[offset, 0, :height, :width].numpy().copy(),
+                    prediction[:height, :width].numpy().copy(),
                 )
 
 
@@ -99,8 +104,21 @@ def _panels(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, classe
     painted = dim
     for class_id, colour in enumerate(_truth_colours(classes), start=1):
         painted = _tint(painted, truth == class_id, colour)
-    panels = [image, painted, errors]
-    return [cv2.resize(panel, (PANEL, PANEL), interpolation=cv2.INTER_NEAREST) for panel in panels]
+    return [_fit(panel) for panel in (image, painted, errors)]
+
+
+def _fit(panel: np.ndarray) -> np.ndarray:
+    """``panel`` scaled to PANEL on its longer side, its aspect kept, centred on a PANEL square."""
+    height, width = panel.shape[:2]
+    scale = PANEL / max(height, width)
+    fitted_width, fitted_height = max(1, round(width * scale)), max(1, round(height * scale))
+    fitted = cv2.resize(panel, (fitted_width, fitted_height), interpolation=cv2.INTER_NEAREST)
+    if (fitted_height, fitted_width) == (PANEL, PANEL):
+        return fitted
+    square = np.full((PANEL, PANEL, 3), BACKGROUND, np.uint8)
+    top, left = (PANEL - fitted_height) // 2, (PANEL - fitted_width) // 2
+    square[top : top + fitted_height, left : left + fitted_width] = fitted
+    return square
 
 
 def _text(canvas: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int] = TEXT) -> None:
