@@ -17,13 +17,14 @@ leave alone while it works (hours at full size on a CPU). --logs keeps each run'
 repro` output, written as it runs.
 
 The table lists every run in the order it ran (test Dice, val Dice at the best epoch, best
-epoch, wall time for all four stages) and, per configuration, test Dice mean ± standard
-deviation over its seeds; it names the machine and the commit, and is rewritten after each
-run (--output), so an interrupted session keeps what finished. Beside the table, --output
-keeps the finished runs as JSON (`quality.md` -> `quality.json`); `--resume` reads them back
-and skips every (configuration, seed) already measured with exactly the same params, so a
-table over many seeds can be built up over several sittings. Each row names the commit
-it ran.
+epoch, wall time for all four stages), per configuration, test Dice mean ± standard
+deviation over its seeds, and each configuration's test Dice minus the first one's, seed by
+seed (mean ± sd of those paired differences, and their range); it names the machine and the
+commit, and is rewritten after each run (--output), so an interrupted session keeps what
+finished. Beside the table, --output keeps the finished runs as JSON (`quality.md` ->
+`quality.json`); `--resume` reads them back and skips every (configuration, seed) already
+measured with exactly the same params, so a table over many seeds can be built up over
+several sittings. Each row names the commit it ran.
 """
 
 from __future__ import annotations
@@ -182,7 +183,29 @@ def table(runs: list[Run], header: str) -> str:
             f"| {statistics.mean(run.val_dice for run in done):.4f} "
             f"| {statistics.mean(run.wall_s for run in done) / 60:.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + paired_lines(runs)) + "\n"
+
+
+def paired_lines(runs: list[Run]) -> list[str]:
+    """Each configuration against the first one run, seed by seed: the same seed trains on the
+    same split, so the difference of a pair leaves out the spread between seeds that both share."""
+    finished = {(run.config, run.seed): run.test_dice for run in runs if not run.error}
+    names = list(dict.fromkeys(run.config for run in runs))
+    lines = []
+    for name in names[1:]:
+        seeds = sorted(seed for config, seed in finished if config == name and (names[0], seed) in finished)
+        if not seeds:
+            continue
+        differences = [finished[name, seed] - finished[names[0], seed] for seed in seeds]
+        spread = f" ± {statistics.stdev(differences):.4f}" if len(differences) > 1 else " (one seed)"
+        lines.append(
+            f"| {name} | {names[0]} | {len(seeds)} | {statistics.mean(differences):+.4f}{spread} "
+            f"| {min(differences):+.4f} to {max(differences):+.4f} |"
+        )
+    if not lines:
+        return []
+    header = "| configuration | against | seeds | test Dice difference, mean ± sd over seeds | lowest to highest |"
+    return ["", header, "|---|---|---|---|---|", *lines]
 
 
 def main() -> None:

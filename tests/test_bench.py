@@ -78,12 +78,17 @@ def test_quality_bench_reads_configurations_and_summarises_seeds_in_the_order_ru
         quality.Run("a", 1, 0.90, 0.88, 10, 900),
         quality.Run("b", 2, 0.84, 0.80, 22, 660),
         quality.Run("a", 2, None, None, None, 30, "ERROR: out of memory"),
+        quality.Run("c", 1, 0.85, 0.80, 20, 600),
+        quality.Run("c", 2, 0.86, 0.80, 20, 600),
     ]
     text = quality.table(runs, "header")
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert [row.split(" | ")[1] for row in rows[1:5]] == ["b", "a", "b", "a (failed: ERROR: out of memory)"]
     assert "| b | 2 | 0.8200 ± 0.0283 | 0.7900 | 10.5 |" in text  # sample standard deviation
     assert "| a | 1 | 0.9000 (one seed) | 0.8800 | 15.0 |" in text
+    # Paired with the first configuration run, over the seeds both finished.
+    assert "| a | b | 1 | +0.1000 (one seed) | +0.1000 to +0.1000 |" in text
+    assert "| c | b | 2 | +0.0350 ± 0.0212 | +0.0200 to +0.0500 |" in text
 
 
 def test_batchnorm_bench_summary_takes_each_kinds_best_epoch_and_the_pass_share(monkeypatch):
