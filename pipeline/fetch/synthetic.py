@@ -98,5 +98,13 @@ def write_pairs(dest: Path, count: int, make: Callable[[int], tuple[np.ndarray, 
         image, mask = make(index)
         name = f"{index:04d}"
         # Fixed JPEG quality and PNG compression: the same bytes every time, hence the same data hash.
-        cv2.imwrite(str(dest / "images" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        cv2.imwrite(str(dest / "masks" / f"{name}.png"), mask, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        _write_encoded(dest / "images" / f"{name}.jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        _write_encoded(dest / "masks" / f"{name}.png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+
+
+def _write_encoded(path: Path, pixels: np.ndarray, options: list[int]) -> None:
+    # cv2.imwrite reports a failure only by returning False; encoding first makes it an error.
+    ok, encoded = cv2.imencode(path.suffix, pixels, options)
+    if not ok:
+        raise FetchError(f"{path}: OpenCV could not encode the generated image")
+    path.write_bytes(encoded.tobytes())
