@@ -145,3 +145,17 @@ def test_the_champion_is_paired_with_the_scores_its_evaluation_run_logged(store)
     assert f"Alias **challenger**: {fourth.reason}." in decision
     assert "per validation image, this version's Dice minus champion version 3's" in decision
     assert client.get_registered_model(NAME).aliases == {registry.CHAMPION: 3, registry.CHALLENGER: 4}
+
+
+def test_a_registered_model_is_found_by_its_logged_model_id_as_the_mlflow_ui_shows_it(store):
+    root, training = store
+    evaluation = log_evaluation(training, "records", {}, {})
+    decision, _ = registry.register_evaluated(NAME, evaluation.run_id, evaluated(root), {}, SPLIT_INFO)
+    source = mlflow.MlflowClient().get_model_version(NAME, decision.version).source
+    assert source.startswith("models:/m-")  # MLflow 3 registers the logged model by its id
+    by_id = registered_artifacts(source, ("onnx", "checkpoint"), root / "by-id")
+    by_alias = registered_artifacts(f"models:/{NAME}@champion", ("onnx", "checkpoint"), root / "by-alias")
+    for name in ("onnx", "checkpoint"):
+        assert sha256_file(by_id[name]) == sha256_file(by_alias[name])
+    with pytest.raises(ModelError, match=r"--model models:/m-0+: Logged model with ID 'm-0+' not found"):
+        registered_artifacts("models:/m-" + "0" * 32, ("onnx",), root / "missing")

@@ -22,10 +22,10 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 COMPLETE_TAG = "registration_complete"
 
 
-def _description(model_ref: str, dst: Path) -> dict[str, Any]:
-    """The python_function flavour of the version's MLmodel (its config and artifacts)."""
+def _description(model_ref: str, root: str, dst: Path) -> dict[str, Any]:
+    """The python_function flavour of the model's MLmodel (its config and artifacts), under ``root``."""
     try:
-        path = Path(mlflow.artifacts.download_artifacts(f"{model_ref}/MLmodel", dst_path=str(dst)))
+        path = Path(mlflow.artifacts.download_artifacts(f"{root}/MLmodel", dst_path=str(dst)))
         spec = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
         flavour = spec["flavors"]["python_function"]
     except mlflow.exceptions.MlflowException as exc:
@@ -82,11 +82,25 @@ def registered_artifacts(model_ref: str, names: tuple[str, ...], dst: Path) -> d
     mlflow.set_tracking_uri(tracking_uri())
     _check_reachable(model_ref)
     _require_complete(model_ref)
-    entries = _description(model_ref, dst).get("artifacts") or {}
-    return {name: _download(model_ref, name, entries.get(name), dst) for name in names}
+    root = _artifact_root(model_ref)
+    entries = _description(model_ref, root, dst).get("artifacts") or {}
+    return {name: _download(model_ref, root, name, entries.get(name), dst) for name in names}
 
 
-def _download(model_ref: str, name: str, entry: Any, dst: Path) -> Path | None:
+def _artifact_root(model_ref: str) -> str:
+    """The URI the model's files are found under. A logged model named by its id
+    (``models:/m-...``, as the MLflow UI shows it) is looked up by id: MLflow reads the id of
+    ``models:/m-.../MLmodel`` as a registered model's name."""
+    match = re.fullmatch(r"models:/(?P<id>m-[0-9a-f]+)/?", model_ref)
+    if match is None:
+        return model_ref.rstrip("/")
+    try:
+        return mlflow.get_logged_model(match["id"]).artifact_location.rstrip("/")
+    except mlflow.exceptions.MlflowException as exc:
+        raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0][:200]}") from None
+
+
+def _download(model_ref: str, root: str, name: str, entry: Any, dst: Path) -> Path | None:
     if entry is None:
         return None
     try:
@@ -96,6 +110,6 @@ def _download(model_ref: str, name: str, entry: Any, dst: Path) -> Path | None:
     if relative.is_absolute() or ".." in relative.parts:
         raise ModelError(f"--model {model_ref}: artifact {name!r} points outside the model ({relative})")
     try:
-        return Path(mlflow.artifacts.download_artifacts(f"{model_ref}/{relative}", dst_path=str(dst)))
+        return Path(mlflow.artifacts.download_artifacts(f"{root}/{relative}", dst_path=str(dst)))
     except mlflow.exceptions.MlflowException as exc:
         raise ModelError(f"--model {model_ref}: {exc.message.splitlines()[0]}") from None
