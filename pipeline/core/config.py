@@ -22,6 +22,7 @@ from ruamel.yaml import YAML, YAMLError
 
 from .classes import ClassSpec
 from .errors import ConfigError
+from .resizing import resize_problem
 from .sources import generated_source
 
 DEFAULT_PARAMS = Path("params.yaml")
@@ -120,8 +121,6 @@ class DataConfig(_Section):
     @field_validator("resize")
     @classmethod
     def _known_resize(cls, value: str) -> str:
-        from .resizing import resize_problem  # imports OpenCV: only when a config is checked
-
         problem = resize_problem(value)
         if problem:
             raise ValueError(problem)

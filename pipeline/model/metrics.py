@@ -60,22 +60,22 @@ class SegmentationMetrics:
         predicted, truth = predicted.long().cpu(), truth.long().cpu()
         full = tuple(truth.shape[-2:])
         if content is None or all(tuple(shape) == full for shape in content):
-            self._count(predicted, truth)
+            self._counts.append(self._count(predicted, truth))
             return
         # One image at a time: the counts of each image's content alone, in order, as one update.
-        counts = []
-        for image, true, (height, width) in zip(predicted, truth, content, strict=True):
+        counts = [
             self._count(image[None, :height, :width], true[None, :height, :width])
-            counts.append(self._counts.pop())
+            for image, true, (height, width) in zip(predicted, truth, content, strict=True)
+        ]
         self._counts.append(tuple(torch.cat(column) for column in zip(*counts, strict=True)))
 
-    def _count(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
-        stats = smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=self.classes.count)
-        self._counts.append(tuple(stats))
+    def _count(self, predicted: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-image, per-class (tp, fp, fn, tn) of N x H x W class ids; the pixels go into ``confusion``."""
         count = self.classes.count
         self.confusion += torch.bincount((truth * count + predicted).flatten(), minlength=count**2).reshape(
             count, count
         )
+        return tuple(smp.metrics.get_stats(predicted, truth, mode="multiclass", num_classes=count))
 
     def _stats(self) -> tuple[torch.Tensor, ...]:
         if not self._counts:
